@@ -1,0 +1,456 @@
+//! Model configuration: mirrors Hugging Face `config.json` (transformers 4.x and 5.x forms) and
+//! is also synthesised from GGUF metadata, so one forward pass serves both formats.
+
+use serde_json::Value as Json;
+
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+
+/// The architectures this engine runs, as HF `model_type` / GGUF `general.architecture`.
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["qwen2"];
+pub const SUPPORTED_GGUF_ARCHS: &[&str] = &["qwen2"];
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    /// Positions divided by `factor` (transformers "linear").
+    Linear { factor: f64 },
+    /// YaRN as transformers' `_compute_yarn_parameters` computes it.
+    Yarn {
+        factor: f64,
+        original_max_position_embeddings: usize,
+        beta_fast: f64,
+        beta_slow: f64,
+        /// Multiplier of cos/sin; `None` means transformers' default 0.1 * ln(factor) + 1.
+        attention_factor: Option<f64>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<RopeScaling>,
+    pub tie_word_embeddings: bool,
+    /// Sliding-window attention, per layer (`None` = full attention).
+    pub sliding_window: Vec<Option<usize>>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+fn field<'a>(j: &'a Json, key: &str) -> Option<&'a Json> {
+    j.get(key).filter(|v| !v.is_null())
+}
+
+fn req_usize(j: &Json, key: &str) -> Result<usize> {
+    let v = field(j, key).ok_or_else(|| {
+        Error::Config(format!("config.json: required field `{key}` is missing"))
+    })?;
+    v.as_u64()
+        .filter(|&n| n > 0)
+        .map(|n| n as usize)
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "config.json: `{key}` must be a positive integer, found {v}"
+            ))
+        })
+}
+
+fn opt_usize(j: &Json, key: &str) -> Result<Option<usize>> {
+    match field(j, key) {
+        None => Ok(None),
+        Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+            Error::Config(format!(
+                "config.json: `{key}` must be a non-negative integer, found {v}"
+            ))
+        }),
+    }
+}
+
+fn opt_f64(j: &Json, key: &str) -> Result<Option<f64>> {
+    match field(j, key) {
+        None => Ok(None),
+        Some(v) => v.as_f64().map(Some).ok_or_else(|| {
+            Error::Config(format!("config.json: `{key}` must be a number, found {v}"))
+        }),
+    }
+}
+
+fn opt_bool(j: &Json, key: &str) -> Result<Option<bool>> {
+    match field(j, key) {
+        None => Ok(None),
+        Some(v) => v.as_bool().map(Some).ok_or_else(|| {
+            Error::Config(format!("config.json: `{key}` must be true or false, found {v}"))
+        }),
+    }
+}
+
+/// `eos_token_id` may be an int or a list of ints.
+pub(crate) fn token_ids(v: Option<&Json>) -> Vec<u32> {
+    match v {
+        Some(Json::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Json::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64().map(|x| x as u32))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn rope_scaling_from_json(r: &Json) -> Result<Option<RopeScaling>> {
+    let ty = field(r, "rope_type")
+        .or_else(|| field(r, "type"))
+        .and_then(Json::as_str)
+        .unwrap_or("default");
+    let factor = || -> Result<f64> {
+        opt_f64(r, "factor")?.ok_or_else(|| {
+            Error::Config(format!("config.json: rope scaling `{ty}` needs `factor`"))
+        })
+    };
+    Ok(match ty {
+        "default" | "none" => None,
+        "linear" => Some(RopeScaling::Linear { factor: factor()? }),
+        "yarn" => Some(RopeScaling::Yarn {
+            factor: factor()?,
+            original_max_position_embeddings: opt_usize(r, "original_max_position_embeddings")?
+                .ok_or_else(|| {
+                    Error::Config(
+                        "config.json: yarn rope scaling needs `original_max_position_embeddings`"
+                            .into(),
+                    )
+                })?,
+            beta_fast: opt_f64(r, "beta_fast")?.unwrap_or(32.0),
+            beta_slow: opt_f64(r, "beta_slow")?.unwrap_or(1.0),
+            attention_factor: opt_f64(r, "attention_factor")?,
+        }),
+        other => {
+            return Err(Error::Config(format!(
+                "config.json: rope scaling type `{other}` is not supported; supported: default, linear, yarn"
+            )))
+        }
+    })
+}
+
+impl Config {
+    /// Parse HF `config.json` text.
+    pub fn from_json_str(text: &str) -> Result<Self> {
+        let j: Json = serde_json::from_str(text).map_err(|e| {
+            Error::Config(format!("config.json is not valid JSON: {e}"))
+        })?;
+        if !j.is_object() {
+            return Err(Error::Config("config.json must be a JSON object".into()));
+        }
+        let model_type = field(&j, "model_type")
+            .and_then(Json::as_str)
+            .ok_or_else(|| Error::Config("config.json: `model_type` is missing".into()))?;
+        if !SUPPORTED_MODEL_TYPES.contains(&model_type) {
+            return Err(Error::UnsupportedArchitecture {
+                found: format!("model_type {model_type}"),
+                supported: SUPPORTED_MODEL_TYPES.join(", "),
+            });
+        }
+        let hidden_size = req_usize(&j, "hidden_size")?;
+        let num_attention_heads = req_usize(&j, "num_attention_heads")?;
+        let num_key_value_heads =
+            opt_usize(&j, "num_key_value_heads")?.unwrap_or(num_attention_heads);
+        let head_dim = opt_usize(&j, "head_dim")?.unwrap_or(hidden_size / num_attention_heads);
+        let num_hidden_layers = req_usize(&j, "num_hidden_layers")?;
+
+        // transformers 5.x moved rope settings into `rope_parameters`; 4.x has `rope_theta`
+        // at the top level and scaling in `rope_scaling`.
+        let rope_params = field(&j, "rope_parameters");
+        let rope_theta = match rope_params {
+            Some(p) => opt_f64(p, "rope_theta")?,
+            None => None,
+        }
+        .or(opt_f64(&j, "rope_theta")?)
+        .unwrap_or(10000.0);
+        let rope_scaling = match (rope_params, field(&j, "rope_scaling")) {
+            (_, Some(r)) => rope_scaling_from_json(r)?,
+            (Some(p), None) => rope_scaling_from_json(p)?,
+            (None, None) => None,
+        };
+
+        // Sliding window: 5.x lists `layer_types`; 4.x uses the window from
+        // `max_window_layers` on, when `use_sliding_window` is set.
+        let window = opt_usize(&j, "sliding_window")?;
+        let sliding_window = if let Some(types) = field(&j, "layer_types") {
+            let types = types.as_array().ok_or_else(|| {
+                Error::Config("config.json: `layer_types` must be a list".into())
+            })?;
+            if types.len() != num_hidden_layers {
+                return Err(Error::Config(format!(
+                    "config.json: `layer_types` has {} entries, expected num_hidden_layers = {num_hidden_layers}",
+                    types.len()
+                )));
+            }
+            types
+                .iter()
+                .map(|t| match t.as_str() {
+                    Some("full_attention") => Ok(None),
+                    Some("sliding_attention") => window.map(Some).ok_or_else(|| {
+                        Error::Config(
+                            "config.json: a sliding_attention layer needs `sliding_window`".into(),
+                        )
+                    }),
+                    _ => Err(Error::Config(format!(
+                        "config.json: unknown layer type {t}; supported: full_attention, sliding_attention"
+                    ))),
+                })
+                .collect::<Result<Vec<_>>>()?
+        } else if opt_bool(&j, "use_sliding_window")?.unwrap_or(false) {
+            let w = window.ok_or_else(|| {
+                Error::Config("config.json: use_sliding_window needs `sliding_window`".into())
+            })?;
+            let from = opt_usize(&j, "max_window_layers")?.unwrap_or(num_hidden_layers);
+            (0..num_hidden_layers)
+                .map(|i| (i >= from).then_some(w))
+                .collect()
+        } else {
+            vec![None; num_hidden_layers]
+        };
+
+        if let Some(act) = field(&j, "hidden_act").and_then(Json::as_str) {
+            if act != "silu" && act != "swish" {
+                return Err(Error::Config(format!(
+                    "config.json: hidden_act `{act}` is not supported; Qwen2 uses silu"
+                )));
+            }
+        }
+
+        let cfg = Config {
+            vocab_size: req_usize(&j, "vocab_size")?,
+            hidden_size,
+            intermediate_size: req_usize(&j, "intermediate_size")?,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            max_position_embeddings: opt_usize(&j, "max_position_embeddings")?.unwrap_or(32768),
+            rms_norm_eps: opt_f64(&j, "rms_norm_eps")?.unwrap_or(1e-6),
+            rope_theta,
+            rope_scaling,
+            tie_word_embeddings: opt_bool(&j, "tie_word_embeddings")?.unwrap_or(false),
+            sliding_window,
+            bos_token_id: opt_usize(&j, "bos_token_id")?.map(|x| x as u32),
+            eos_token_ids: token_ids(field(&j, "eos_token_id")),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Build the config from GGUF metadata (`<arch>.*` keys).
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let arch = g.architecture().ok_or_else(|| Error::Gguf {
+            path: g.path.clone(),
+            msg: "metadata `general.architecture` is missing".into(),
+        })?;
+        if !SUPPORTED_GGUF_ARCHS.contains(&arch) {
+            return Err(Error::UnsupportedArchitecture {
+                found: format!("GGUF architecture {arch}"),
+                supported: SUPPORTED_GGUF_ARCHS.join(", "),
+            });
+        }
+        let req = |k: &str| -> Result<usize> {
+            let key = format!("{arch}.{k}");
+            g.get_u64(&key)
+                .filter(|&v| v > 0)
+                .map(|v| v as usize)
+                .ok_or_else(|| Error::Gguf {
+                    path: g.path.clone(),
+                    msg: format!("metadata `{key}` is missing or not a positive integer"),
+                })
+        };
+        let hidden_size = req("embedding_length")?;
+        let num_attention_heads = req("attention.head_count")?;
+        let num_hidden_layers = req("block_count")?;
+        let num_key_value_heads = req("attention.head_count_kv").unwrap_or(num_attention_heads);
+        let head_dim = g
+            .get_u64(&format!("{arch}.attention.key_length"))
+            .map(|v| v as usize)
+            .unwrap_or(hidden_size / num_attention_heads);
+        // The vocabulary is the embedding's row count; the token list can be shorter (padding).
+        let vocab_size = match g.tensors.get("token_embd.weight") {
+            Some(t) if t.dims.len() == 2 => t.dims[1] as usize,
+            _ => g
+                .get("tokenizer.ggml.tokens")
+                .and_then(|v| v.as_array())
+                .map(|a| a.len())
+                .ok_or_else(|| Error::MissingTensor {
+                    name: "token_embd.weight".into(),
+                    hint: " (GGUF name of model.embed_tokens.weight)".into(),
+                })?,
+        };
+        let rope_scaling = match g.get_str(&format!("{arch}.rope.scaling.type")) {
+            None | Some("none") => None,
+            Some(ty) => {
+                let factor = g
+                    .get_f64(&format!("{arch}.rope.scaling.factor"))
+                    .unwrap_or(1.0);
+                match ty {
+                    "linear" => Some(RopeScaling::Linear { factor }),
+                    "yarn" => Some(RopeScaling::Yarn {
+                        factor,
+                        original_max_position_embeddings: g
+                            .get_u64(&format!("{arch}.rope.scaling.original_context_length"))
+                            .map(|v| v as usize)
+                            .ok_or_else(|| Error::Gguf {
+                                path: g.path.clone(),
+                                msg: format!(
+                                    "yarn scaling needs `{arch}.rope.scaling.original_context_length`"
+                                ),
+                            })?,
+                        beta_fast: g
+                            .get_f64(&format!("{arch}.rope.scaling.yarn_beta_fast"))
+                            .unwrap_or(32.0),
+                        beta_slow: g
+                            .get_f64(&format!("{arch}.rope.scaling.yarn_beta_slow"))
+                            .unwrap_or(1.0),
+                        attention_factor: g
+                            .get_f64(&format!("{arch}.rope.scaling.attn_factor"))
+                            .filter(|&f| f > 0.0 && f != 1.0),
+                    }),
+                    other => {
+                        return Err(Error::Gguf {
+                            path: g.path.clone(),
+                            msg: format!(
+                                "rope scaling type `{other}` is not supported; supported: none, linear, yarn"
+                            ),
+                        })
+                    }
+                }
+            }
+        };
+        let cfg = Config {
+            vocab_size,
+            hidden_size,
+            intermediate_size: req("feed_forward_length")?,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            max_position_embeddings: req("context_length").unwrap_or(32768),
+            rms_norm_eps: g
+                .get_f64(&format!("{arch}.attention.layer_norm_rms_epsilon"))
+                .unwrap_or(1e-6),
+            rope_theta: g
+                .get_f64(&format!("{arch}.rope.freq_base"))
+                .unwrap_or(10000.0),
+            rope_scaling,
+            tie_word_embeddings: !g.tensors.contains_key("output.weight"),
+            // llama.cpp's qwen2 graph never uses a sliding window, and Qwen2 GGUFs carry none.
+            sliding_window: vec![None; num_hidden_layers],
+            bos_token_id: g.get_u64("tokenizer.ggml.bos_token_id").map(|v| v as u32),
+            eos_token_ids: g
+                .get_u64("tokenizer.ggml.eos_token_id")
+                .map(|v| vec![v as u32])
+                .unwrap_or_default(),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return Err(Error::Config(format!(
+                "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                self.num_attention_heads, self.num_key_value_heads
+            )));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(Error::Config(format!(
+                "head_dim ({}) must be even for rotary embeddings",
+                self.head_dim
+            )));
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rope_theta > 0.0) {
+            return Err(Error::Config(format!(
+                "rms_norm_eps ({}) and rope_theta ({}) must be positive",
+                self.rms_norm_eps, self.rope_theta
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn q_dim(&self) -> usize {
+        self.num_attention_heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.num_key_value_heads * self.head_dim
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V4: &str = r#"{"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","vocab_size":151936,
+      "hidden_size":896,"intermediate_size":4864,"num_hidden_layers":24,"num_attention_heads":14,
+      "num_key_value_heads":2,"max_position_embeddings":32768,"rms_norm_eps":1e-06,"rope_theta":1000000.0,
+      "tie_word_embeddings":true,"use_sliding_window":false,"sliding_window":32768,"max_window_layers":21,
+      "torch_dtype":"bfloat16","eos_token_id":151645,"bos_token_id":151643,"hidden_act":"silu"}"#;
+
+    #[test]
+    fn parses_transformers_4_form() {
+        let c = Config::from_json_str(V4).unwrap();
+        assert_eq!(c.head_dim, 64);
+        assert_eq!(c.rope_theta, 1e6);
+        assert!(c.tie_word_embeddings);
+        assert!(c.sliding_window.iter().all(Option::is_none));
+        assert_eq!(c.eos_token_ids, vec![151645]);
+    }
+
+    #[test]
+    fn parses_transformers_5_form_with_yarn() {
+        let t = V4.replace(
+            r#""rope_theta":1000000.0,"#,
+            r#""rope_parameters":{"rope_type":"yarn","rope_theta":500000.0,"factor":4.0,"original_max_position_embeddings":32768},"#,
+        );
+        let c = Config::from_json_str(&t).unwrap();
+        assert_eq!(c.rope_theta, 5e5);
+        assert!(matches!(
+            c.rope_scaling,
+            Some(RopeScaling::Yarn { factor, original_max_position_embeddings: 32768, .. }) if factor == 4.0
+        ));
+    }
+
+    #[test]
+    fn sliding_window_from_max_window_layers() {
+        let t = V4.replace(r#""use_sliding_window":false"#, r#""use_sliding_window":true"#);
+        let c = Config::from_json_str(&t).unwrap();
+        assert_eq!(c.sliding_window[20], None);
+        assert_eq!(c.sliding_window[21], Some(32768));
+    }
+
+    #[test]
+    fn clear_errors() {
+        let e = Config::from_json_str("{not json").unwrap_err().to_string();
+        assert!(e.contains("not valid JSON"), "{e}");
+        let e = Config::from_json_str(&V4.replace("\"qwen2\"", "\"llama\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unsupported architecture") && e.contains("qwen2"), "{e}");
+        let e = Config::from_json_str(&V4.replace("\"hidden_size\":896,", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hidden_size"), "{e}");
+        let e = Config::from_json_str(&V4.replace("\"hidden_size\":896", "\"hidden_size\":\"big\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("positive integer"), "{e}");
+        let e = Config::from_json_str(&V4.replace(
+            r#""rope_theta":1000000.0,"#,
+            r#""rope_scaling":{"type":"longrope","factor":2.0},"#,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("longrope"), "{e}");
+    }
+}

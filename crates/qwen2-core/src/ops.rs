@@ -1,0 +1,230 @@
+//! The small f32 operations of the forward pass: RMSNorm, rotary embeddings, causal attention,
+//! SwiGLU, softmax. All in f32 as transformers computes them (PITFALLS 1: Qwen2 overflows f16
+//! in attention). The matmuls, where the time goes, live in `qwen2-kernels`.
+
+use rayon::prelude::*;
+
+use crate::config::{Config, RopeScaling};
+
+/// `out = x / sqrt(mean(x²) + eps) * w`, row by row (Qwen2RMSNorm: normalise in f32, then
+/// multiply by the weight).
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let n = w.len();
+    for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / n as f32;
+        let scale = 1.0 / (ss + eps).sqrt();
+        for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
+            *o = g * (v * scale);
+        }
+    }
+}
+
+/// `gate[i] = silu(gate[i]) * up[i]` (SwiGLU), in place.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let s = *g / (1.0 + (-*g).exp());
+        *g = s * u;
+    }
+}
+
+/// Numerically stable softmax in place.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Rotary embedding frequencies (transformers' `rope_init_fn`s), with YaRN/linear scaling.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    inv_freq: Vec<f32>,
+    /// Multiplies cos and sin (YaRN's attention factor; 1 otherwise).
+    attention_scaling: f32,
+    head_dim: usize,
+}
+
+impl Rope {
+    pub fn new(cfg: &Config) -> Self {
+        let dim = cfg.head_dim;
+        let base = cfg.rope_theta;
+        // transformers: base ** (arange(0, dim, 2).float() / dim), in f32.
+        let pos_freqs: Vec<f32> = (0..dim / 2)
+            .map(|i| (base as f32).powf((2 * i) as f32 / dim as f32))
+            .collect();
+        let mut attention_scaling = 1.0f32;
+        let inv_freq = match &cfg.rope_scaling {
+            None => pos_freqs.iter().map(|p| 1.0 / p).collect(),
+            Some(RopeScaling::Linear { factor }) => {
+                pos_freqs.iter().map(|p| 1.0 / p / *factor as f32).collect()
+            }
+            Some(RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                beta_fast,
+                beta_slow,
+                attention_factor,
+            }) => {
+                let factor = *factor;
+                let get_mscale = |s: f64| if s <= 1.0 { 1.0 } else { 0.1 * s.ln() + 1.0 };
+                attention_scaling = attention_factor.unwrap_or_else(|| get_mscale(factor)) as f32;
+                let find_dim = |rot: f64| {
+                    (dim as f64
+                        * (*original_max_position_embeddings as f64
+                            / (rot * 2.0 * std::f64::consts::PI))
+                            .ln())
+                        / (2.0 * base.ln())
+                };
+                let low = find_dim(*beta_fast).floor().max(0.0);
+                let high = find_dim(*beta_slow).ceil().min(dim as f64 - 1.0);
+                let (low, high) = if low == high {
+                    (low, high + 0.001)
+                } else {
+                    (low, high)
+                };
+                pos_freqs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &p)| {
+                        let ramp = ((i as f32 - low as f32) / (high as f32 - low as f32))
+                            .clamp(0.0, 1.0);
+                        let extrapolation_factor = 1.0 - ramp;
+                        let inter = 1.0 / (factor as f32 * p);
+                        let extra = 1.0 / p;
+                        inter * (1.0 - extrapolation_factor) + extra * extrapolation_factor
+                    })
+                    .collect()
+            }
+        };
+        Rope {
+            inv_freq,
+            attention_scaling,
+            head_dim: dim,
+        }
+    }
+
+    /// cos/sin for one position, each `head_dim / 2` long.
+    pub fn cos_sin(&self, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
+        for (i, &f) in self.inv_freq.iter().enumerate() {
+            // transformers forms the angle as an f32 product; keep that rounding.
+            let angle = pos as f32 * f;
+            cos[i] = angle.cos() * self.attention_scaling;
+            sin[i] = angle.sin() * self.attention_scaling;
+        }
+    }
+
+    /// Rotate every head of `x` (`[n_tokens, n_heads * head_dim]`) in place, token `t` at
+    /// position `pos0 + t`. NeoX layout (rotate_half): pairs are (i, i + head_dim/2).
+    pub fn apply(&self, x: &mut [f32], n_heads: usize, pos0: usize) {
+        let hd = self.head_dim;
+        let half = hd / 2;
+        let row = n_heads * hd;
+        x.par_chunks_mut(row).enumerate().for_each(|(t, xr)| {
+            let mut cos = vec![0f32; half];
+            let mut sin = vec![0f32; half];
+            self.cos_sin(pos0 + t, &mut cos, &mut sin);
+            for head in xr.chunks_exact_mut(hd) {
+                let (a, b) = head.split_at_mut(half);
+                for i in 0..half {
+                    let (x0, x1) = (a[i], b[i]);
+                    a[i] = x0 * cos[i] - x1 * sin[i];
+                    b[i] = x1 * cos[i] + x0 * sin[i];
+                }
+            }
+        });
+    }
+}
+
+/// Causal grouped-query attention for `n_new` query rows against a cache holding
+/// `pos0 + n_new` key/value rows (the new ones already appended).
+///
+/// `q`: `[n_new, n_heads * hd]`; `k`, `v`: `[>= pos0 + n_new, n_kv * hd]`; `out`: like `q`.
+/// `window`: sliding-window size (keys with `pos - key_pos >= window` are masked), as
+/// transformers' sliding-window mask does.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+    n_new: usize,
+    pos0: usize,
+    n_heads: usize,
+    n_kv: usize,
+    hd: usize,
+    window: Option<usize>,
+) {
+    debug_assert_eq!(q.len(), n_new * n_heads * hd);
+    let group = n_heads / n_kv;
+    let q_row = n_heads * hd;
+    let kv_row = n_kv * hd;
+    let scale = 1.0 / (hd as f32).sqrt();
+    // One task per (token, head); each writes its own hd-long slice of `out`.
+    out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
+        let t = idx / n_heads;
+        let h = idx % n_heads;
+        let kvh = h / group;
+        let pos = pos0 + t;
+        let first = match window {
+            Some(w) => (pos + 1).saturating_sub(w),
+            None => 0,
+        };
+        let qv = &q[t * q_row + h * hd..t * q_row + (h + 1) * hd];
+        let mut scores: Vec<f32> = (first..=pos)
+            .map(|j| {
+                let kr = &k[j * kv_row + kvh * hd..j * kv_row + (kvh + 1) * hd];
+                qv.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * scale
+            })
+            .collect();
+        softmax(&mut scores);
+        o.fill(0.0);
+        for (j, &p) in (first..=pos).zip(&scores) {
+            let vr = &v[j * kv_row + kvh * hd..j * kv_row + (kvh + 1) * hd];
+            for (oo, &vv) in o.iter_mut().zip(vr) {
+                *oo += p * vv;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_sums_to_one_and_is_stable() {
+        let mut x = vec![1000.0, 1001.0, 999.0];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(x[1] > x[0] && x[0] > x[2]);
+    }
+
+    #[test]
+    fn rms_norm_matches_definition() {
+        let x = [1.0f32, -2.0, 3.0, -4.0];
+        let w = [1.0f32, 0.5, 2.0, 1.0];
+        let mut o = [0f32; 4];
+        rms_norm(&x, &w, 1e-6, &mut o);
+        let rms = ((1.0 + 4.0 + 9.0 + 16.0) / 4.0f32 + 1e-6).sqrt();
+        for i in 0..4 {
+            assert!((o[i] - x[i] / rms * w[i]).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn attention_single_key_returns_value() {
+        // With one key, softmax is 1: the output is that value row.
+        let q = vec![0.3f32; 4];
+        let k = vec![0.1f32; 2];
+        let v = vec![5.0f32, -1.0];
+        let mut out = vec![0f32; 4];
+        attention(&q, &k, &v, &mut out, 1, 0, 2, 1, 2, None);
+        assert_eq!(out, vec![5.0, -1.0, 5.0, -1.0]);
+    }
+}

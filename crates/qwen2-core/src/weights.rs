@@ -1,0 +1,350 @@
+//! Weights addressed by Hugging Face names, whatever file they came from.
+//!
+//! GGUF names are translated by one table at this boundary (llama.cpp's `llama-arch.cpp`
+//! naming), so the model code only ever says `model.layers.3.self_attn.q_proj.weight`.
+//! Tensors stay in the file's own format (quantized blocks, bf16, f16, f32) and are read from
+//! the memory map without copying; `--exact` converts them to f32 once at load.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use qwen2_kernels::{GgmlType, QMatRef};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+
+#[derive(Clone)]
+enum Data {
+    Gguf {
+        file: Arc<GgufFile>,
+        start: usize,
+        len: usize,
+    },
+    Mapped {
+        map: Arc<Mmap>,
+        start: usize,
+        len: usize,
+    },
+    Owned(Arc<Vec<u8>>),
+}
+
+/// One weight: its format, its HF-order shape (`[rows, cols]` for a matrix) and its bytes.
+#[derive(Clone)]
+pub struct Tensor {
+    pub name: String,
+    pub ty: GgmlType,
+    pub shape: Vec<usize>,
+    data: Data,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({} {} {:?})", self.name, self.ty.name(), self.shape)
+    }
+}
+
+impl Tensor {
+    /// A tensor owning f32 values (used for `--exact` and tests).
+    pub fn from_f32(name: impl Into<String>, shape: Vec<usize>, values: &[f32]) -> Self {
+        let mut bytes = Vec::with_capacity(values.len() * 4);
+        for v in values {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        Tensor {
+            name: name.into(),
+            ty: GgmlType::F32,
+            shape,
+            data: Data::Owned(Arc::new(bytes)),
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match &self.data {
+            Data::Gguf { file, start, len } => &file.raw()[*start..*start + *len],
+            Data::Mapped { map, start, len } => &map[*start..*start + *len],
+            Data::Owned(v) => v,
+        }
+    }
+
+    pub fn n_elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Rows × cols view for matmul; 1-D tensors are one row.
+    pub fn as_mat(&self) -> Result<QMatRef<'_>> {
+        let cols = *self.shape.last().unwrap_or(&0);
+        let rows = if cols == 0 {
+            0
+        } else {
+            self.n_elements() / cols
+        };
+        Ok(QMatRef::new(self.ty, rows, cols, self.bytes())?)
+    }
+
+    /// Dequantize one row into `out` (`out.len()` = cols).
+    pub fn row_to_f32(&self, row: usize, out: &mut [f32]) -> Result<()> {
+        let m = self.as_mat()?;
+        if row >= m.rows {
+            return Err(Error::Invalid(format!(
+                "row {row} of `{}` requested, it has {} rows",
+                self.name, m.rows
+            )));
+        }
+        qwen2_kernels::dequantize_row(self.ty, m.row(row), out)?;
+        Ok(())
+    }
+
+    /// All values as f32.
+    pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        let m = self.as_mat()?;
+        let mut out = vec![0f32; m.rows * m.cols];
+        if m.cols > 0 {
+            out.par_chunks_mut(m.cols)
+                .enumerate()
+                .try_for_each(|(r, o)| qwen2_kernels::dequantize_row(self.ty, m.row(r), o))?;
+        }
+        Ok(out)
+    }
+
+    /// The same tensor converted to f32 (the reference path).
+    pub fn to_f32(&self) -> Result<Tensor> {
+        if self.ty == GgmlType::F32 {
+            return Ok(self.clone());
+        }
+        Ok(Tensor::from_f32(
+            self.name.clone(),
+            self.shape.clone(),
+            &self.to_f32_vec()?,
+        ))
+    }
+}
+
+/// HF name → GGUF name (qwen2 layout).
+pub fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, kind) = rest.rsplit_once('.')?;
+    let g = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{g}.{kind}"))
+}
+
+/// Where weights come from.
+pub enum WeightSource {
+    Gguf(Arc<GgufFile>),
+    /// HF name → (file map, byte range, dtype, shape).
+    Safetensors {
+        dir: PathBuf,
+        tensors: BTreeMap<String, Tensor>,
+    },
+}
+
+impl WeightSource {
+    pub fn from_gguf(file: Arc<GgufFile>) -> Self {
+        WeightSource::Gguf(file)
+    }
+
+    /// `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
+    pub fn from_safetensors_dir(dir: &Path) -> Result<Self> {
+        let index = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let j: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::Safetensors {
+                    path: index.clone(),
+                    msg: format!("index is not valid JSON: {e}"),
+                })?;
+            let map = j
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::Safetensors {
+                    path: index.clone(),
+                    msg: "index has no `weight_map` object".into(),
+                })?;
+            let mut names: Vec<String> = map
+                .values()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            names.sort();
+            names.dedup();
+            for n in &names {
+                if n.contains('/') || n.contains("..") {
+                    return Err(Error::Safetensors {
+                        path: index.clone(),
+                        msg: format!("shard name `{n}` must be a plain file name"),
+                    });
+                }
+            }
+            names.into_iter().map(|n| dir.join(n)).collect()
+        } else {
+            let single = dir.join("model.safetensors");
+            if !single.exists() {
+                return Err(Error::Safetensors {
+                    path: dir.to_path_buf(),
+                    msg: "no model.safetensors or model.safetensors.index.json in this directory"
+                        .into(),
+                });
+            }
+            vec![single]
+        };
+        let mut tensors = BTreeMap::new();
+        for path in files {
+            load_safetensors_file(&path, &mut tensors)?;
+        }
+        Ok(WeightSource::Safetensors {
+            dir: dir.to_path_buf(),
+            tensors,
+        })
+    }
+
+    pub fn contains(&self, hf_name: &str) -> bool {
+        match self {
+            WeightSource::Gguf(g) => gguf_name(hf_name).is_some_and(|n| g.tensors.contains_key(&n)),
+            WeightSource::Safetensors { tensors, .. } => tensors.contains_key(hf_name),
+        }
+    }
+
+    /// The tensor named `hf_name`, checked against `shape` (HF order).
+    pub fn get(&self, hf_name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = match self {
+            WeightSource::Gguf(g) => {
+                let gname = gguf_name(hf_name).ok_or_else(|| Error::MissingTensor {
+                    name: hf_name.into(),
+                    hint: " (no GGUF name is known for it)".into(),
+                })?;
+                let info = g.tensors.get(&gname).ok_or_else(|| Error::MissingTensor {
+                    name: gname.clone(),
+                    hint: format!(" (GGUF name of {hf_name}) in {}", g.path.display()),
+                })?;
+                let (start, len) = g.tensor_range(info);
+                Tensor {
+                    name: hf_name.to_string(),
+                    ty: info.ty,
+                    shape: info.shape(),
+                    data: Data::Gguf {
+                        file: g.clone(),
+                        start,
+                        len,
+                    },
+                }
+            }
+            WeightSource::Safetensors { dir, tensors } => {
+                tensors
+                    .get(hf_name)
+                    .cloned()
+                    .ok_or_else(|| Error::MissingTensor {
+                        name: hf_name.into(),
+                        hint: format!(" in the safetensors of {}", dir.display()),
+                    })?
+            }
+        };
+        if t.shape != shape {
+            return Err(Error::ShapeMismatch {
+                name: hf_name.into(),
+                expected: shape.to_vec(),
+                found: t.shape.clone(),
+            });
+        }
+        Ok(t)
+    }
+
+    /// Every tensor name, in HF naming where known.
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            WeightSource::Gguf(g) => g.tensors.keys().cloned().collect(),
+            WeightSource::Safetensors { tensors, .. } => tensors.keys().cloned().collect(),
+        }
+    }
+}
+
+fn load_safetensors_file(path: &Path, out: &mut BTreeMap<String, Tensor>) -> Result<()> {
+    let err = |msg: String| Error::Safetensors {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: read-only map; every range below was validated by `read_metadata` against the
+    // map's length.
+    let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?);
+    let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map[..])
+        .map_err(|e| err(format!("invalid header: {e}")))?;
+    let data_start = 8 + header_len;
+    for (name, info) in meta.tensors() {
+        use safetensors::Dtype;
+        let ty = match info.dtype {
+            Dtype::F32 => GgmlType::F32,
+            Dtype::F16 => GgmlType::F16,
+            Dtype::BF16 => GgmlType::BF16,
+            other => {
+                return Err(err(format!(
+                    "tensor `{name}` has dtype {other:?}; supported: F32, F16, BF16"
+                )))
+            }
+        };
+        let (s, e) = info.data_offsets;
+        let len = e - s;
+        let shape = info.shape.clone();
+        let start = data_start + s;
+        if start + len > map.len() {
+            return Err(err(format!("tensor `{name}` runs past the end of the file")));
+        }
+        out.insert(
+            name.clone(),
+            Tensor {
+                name: name.clone(),
+                ty,
+                shape,
+                data: Data::Mapped {
+                    map: map.clone(),
+                    start,
+                    len,
+                },
+            },
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gguf_names() {
+        assert_eq!(
+            gguf_name("model.layers.3.self_attn.q_proj.bias").as_deref(),
+            Some("blk.3.attn_q.bias")
+        );
+        assert_eq!(
+            gguf_name("model.layers.23.mlp.down_proj.weight").as_deref(),
+            Some("blk.23.ffn_down.weight")
+        );
+        assert_eq!(gguf_name("lm_head.weight").as_deref(), Some("output.weight"));
+        assert_eq!(gguf_name("model.layers.x.mlp.up_proj.weight"), None);
+        assert_eq!(gguf_name("model.layers.1.mlp.foo.weight"), None);
+    }
+}

@@ -1,0 +1,105 @@
+//! Shared test helpers: fixture paths, a .npy reader, the real model's location.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    repo_root().join("fixtures").join(rel)
+}
+
+/// Read a little-endian float32 .npy file: (shape, values).
+pub fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&b[..6], b"\x93NUMPY", "{} is not .npy", path.display());
+    let (hlen, start) = if b[6] == 1 {
+        (u16::from_le_bytes([b[8], b[9]]) as usize, 10)
+    } else {
+        (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12)
+    };
+    let header = std::str::from_utf8(&b[start..start + hlen]).unwrap();
+    assert!(header.contains("'<f4'"), "{}: not float32: {header}", path.display());
+    assert!(header.contains("'fortran_order': False"));
+    let shape_txt = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape: Vec<usize> = shape_txt
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let data: Vec<f32> = b[start + hlen..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(data.len(), shape.iter().product::<usize>());
+    (shape, data)
+}
+
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let t = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&t).unwrap()
+}
+
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// The real default model: $QWEN2_MODEL, else the `qwen2 pull` location. Tests that need it
+/// fail (not skip) when it is absent: `scripts/test.sh` fetches it first.
+pub fn real_model() -> PathBuf {
+    if let Some(p) = std::env::var_os("QWEN2_MODEL") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("QWEN2_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/qwen2")
+        });
+    let p = home.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    assert!(
+        p.exists(),
+        "the real model is missing at {}: run `qwen2 pull` (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+pub fn max_abs(a: &[f32]) -> f32 {
+    a.iter().map(|x| x.abs()).fold(0.0, f32::max)
+}
+
+pub fn argmax(x: &[f32]) -> u32 {
+    qwen2_core::sampling::argmax(x)
+}
+
+/// Greedy decoding by ids only (no tokenizer), with the KV cache.
+pub fn greedy(model: &qwen2_core::Qwen2, prompt: &[u32], n: usize, stop: &[u32]) -> Vec<u32> {
+    let mut cache = model.new_cache(prompt.len() + n + 1);
+    let mut logits = model
+        .forward(prompt, &mut cache, qwen2_core::Logits::Last)
+        .unwrap();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let t = argmax(&logits);
+        out.push(t);
+        if stop.contains(&t) {
+            break;
+        }
+        logits = model
+            .forward(&[t], &mut cache, qwen2_core::Logits::Last)
+            .unwrap();
+    }
+    out
+}

