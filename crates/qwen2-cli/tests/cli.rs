@@ -20,13 +20,20 @@ fn model() -> String {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/qwen2"));
     let p = home.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
-    assert!(p.exists(), "run `qwen2 pull` first: {} is missing", p.display());
+    assert!(
+        p.exists(),
+        "run `qwen2 pull` first: {} is missing",
+        p.display()
+    );
     p.to_string_lossy().into_owned()
 }
 
 fn run(args: &[&str], stdin: Option<&str>) -> Output {
     let mut c = bin();
-    c.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = c.spawn().unwrap();
     let mut input = child.stdin.take().unwrap();
     if let Some(s) = stdin {
@@ -44,7 +51,11 @@ fn text(b: &[u8]) -> String {
 fn tokenize_matches_hf_ids_and_detokenize_roundtrips() {
     let m = model();
     let cases = std::fs::read_to_string(root().join("fixtures/tokenizer/cases.jsonl")).unwrap();
-    let lines: Vec<&str> = cases.lines().filter(|l| !l.trim().is_empty()).take(40).collect();
+    let lines: Vec<&str> = cases
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(40)
+        .collect();
     // --jsonl: one JSON string per line in, one array per line out.
     let mut input = String::new();
     for l in &lines {
@@ -67,13 +78,25 @@ fn tokenize_matches_hf_ids_and_detokenize_roundtrips() {
     let ids = text(&out.stdout).trim().to_string();
     let out = run(&["detokenize", "-m", &m, &ids], None);
     assert!(out.status.success());
-    assert_eq!(text(&out.stdout).trim_end_matches('\n'), "def f(x):\n    return 12345");
+    assert_eq!(
+        text(&out.stdout).trim_end_matches('\n'),
+        "def f(x):\n    return 12345"
+    );
 }
 
 #[test]
 fn run_streams_a_greedy_answer_and_is_deterministic() {
     let m = model();
-    let args = ["run", "-m", &m, "-p", "What is 2+2? Answer with one number.", "-n", "12", "--greedy"];
+    let args = [
+        "run",
+        "-m",
+        &m,
+        "-p",
+        "What is 2+2? Answer with one number.",
+        "-n",
+        "12",
+        "--greedy",
+    ];
     let a = run(&args, None);
     assert!(a.status.success(), "{}", text(&a.stderr));
     let out = text(&a.stdout);
@@ -81,10 +104,25 @@ fn run_streams_a_greedy_answer_and_is_deterministic() {
     let b = run(&args, None);
     assert_eq!(a.stdout, b.stdout, "greedy runs differ");
     let log = text(&a.stderr);
-    assert!(log.contains("kernels:"), "the chosen kernel path is logged: {log}");
+    assert!(
+        log.contains("kernels:"),
+        "the chosen kernel path is logged: {log}"
+    );
 
     // Sampling with a seed is reproducible.
-    let s = ["run", "-m", &m, "-p", "Tell me a story.", "-n", "16", "--temp", "1.0", "--seed", "42"];
+    let s = [
+        "run",
+        "-m",
+        &m,
+        "-p",
+        "Tell me a story.",
+        "-n",
+        "16",
+        "--temp",
+        "1.0",
+        "--seed",
+        "42",
+    ];
     let x = run(&s, None);
     let y = run(&s, None);
     assert!(x.status.success());
@@ -95,7 +133,10 @@ fn run_streams_a_greedy_answer_and_is_deterministic() {
 fn prompt_over_context_is_a_clear_error() {
     let m = model();
     let long = "word ".repeat(300);
-    let out = run(&["run", "-m", &m, "-p", &long, "--ctx", "128", "-n", "8"], None);
+    let out = run(
+        &["run", "-m", &m, "-p", &long, "--ctx", "128", "-n", "8"],
+        None,
+    );
     assert!(!out.status.success());
     let e = text(&out.stderr);
     assert!(e.contains("context length exceeded"), "{e}");
@@ -107,7 +148,10 @@ fn bad_model_arguments_are_clear_errors() {
     let out = run(&["run", "-m", "/nonexistent/model.gguf", "-p", "hi"], None);
     assert!(!out.status.success());
     let e = text(&out.stderr);
-    assert!(e.contains("not found") || e.contains("does not exist"), "{e}");
+    assert!(
+        e.contains("not found") || e.contains("does not exist"),
+        "{e}"
+    );
     let out = run(&["run", "-m", "someorg/somemodel", "-p", "hi"], None);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("Hugging Face cache"));
@@ -122,7 +166,16 @@ fn logits_writes_npy() {
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("l.npy");
     let out = run(
-        &["logits", "-m", &model(), "--ids", "785,3974,13876", "--all", "--out", f.to_str().unwrap()],
+        &[
+            "logits",
+            "-m",
+            &model(),
+            "--ids",
+            "785,3974,13876",
+            "--all",
+            "--out",
+            f.to_str().unwrap(),
+        ],
         None,
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -143,13 +196,24 @@ fn chat_keeps_history_across_turns() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let o = text(&out.stdout);
-    assert!(o.contains("Ada"), "second answer should recall the name: {o:?}");
+    assert!(
+        o.contains("Ada"),
+        "second answer should recall the name: {o:?}"
+    );
 }
 
 #[test]
 fn perplexity_prints_a_final_line() {
     let out = run(
-        &["perplexity", "-m", &model(), "-f", root().join("fixtures/text/ppl.txt").to_str().unwrap(), "--ctx", "256"],
+        &[
+            "perplexity",
+            "-m",
+            &model(),
+            "-f",
+            root().join("fixtures/text/ppl.txt").to_str().unwrap(),
+            "--ctx",
+            "256",
+        ],
         None,
     );
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -50,9 +50,8 @@ fn field<'a>(j: &'a Json, key: &str) -> Option<&'a Json> {
 }
 
 fn req_usize(j: &Json, key: &str) -> Result<usize> {
-    let v = field(j, key).ok_or_else(|| {
-        Error::Config(format!("config.json: required field `{key}` is missing"))
-    })?;
+    let v = field(j, key)
+        .ok_or_else(|| Error::Config(format!("config.json: required field `{key}` is missing")))?;
     v.as_u64()
         .filter(|&n| n > 0)
         .map(|n| n as usize)
@@ -87,7 +86,9 @@ fn opt_bool(j: &Json, key: &str) -> Result<Option<bool>> {
     match field(j, key) {
         None => Ok(None),
         Some(v) => v.as_bool().map(Some).ok_or_else(|| {
-            Error::Config(format!("config.json: `{key}` must be true or false, found {v}"))
+            Error::Config(format!(
+                "config.json: `{key}` must be true or false, found {v}"
+            ))
         }),
     }
 }
@@ -141,9 +142,8 @@ fn rope_scaling_from_json(r: &Json) -> Result<Option<RopeScaling>> {
 impl Config {
     /// Parse HF `config.json` text.
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let j: Json = serde_json::from_str(text).map_err(|e| {
-            Error::Config(format!("config.json is not valid JSON: {e}"))
-        })?;
+        let j: Json = serde_json::from_str(text)
+            .map_err(|e| Error::Config(format!("config.json is not valid JSON: {e}")))?;
         if !j.is_object() {
             return Err(Error::Config("config.json must be a JSON object".into()));
         }
@@ -182,9 +182,9 @@ impl Config {
         // `max_window_layers` on, when `use_sliding_window` is set.
         let window = opt_usize(&j, "sliding_window")?;
         let sliding_window = if let Some(types) = field(&j, "layer_types") {
-            let types = types.as_array().ok_or_else(|| {
-                Error::Config("config.json: `layer_types` must be a list".into())
-            })?;
+            let types = types
+                .as_array()
+                .ok_or_else(|| Error::Config("config.json: `layer_types` must be a list".into()))?;
             if types.len() != num_hidden_layers {
                 return Err(Error::Config(format!(
                     "config.json: `layer_types` has {} entries, expected num_hidden_layers = {num_hidden_layers}",
@@ -358,13 +358,17 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if self.num_key_value_heads == 0
+            || !self
+                .num_attention_heads
+                .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(Error::Config(format!(
                 "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
                 self.num_attention_heads, self.num_key_value_heads
             )));
         }
-        if self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return Err(Error::Config(format!(
                 "head_dim ({}) must be even for rotary embeddings",
                 self.head_dim
@@ -423,7 +427,10 @@ mod tests {
 
     #[test]
     fn sliding_window_from_max_window_layers() {
-        let t = V4.replace(r#""use_sliding_window":false"#, r#""use_sliding_window":true"#);
+        let t = V4.replace(
+            r#""use_sliding_window":false"#,
+            r#""use_sliding_window":true"#,
+        );
         let c = Config::from_json_str(&t).unwrap();
         assert_eq!(c.sliding_window[20], None);
         assert_eq!(c.sliding_window[21], Some(32768));
@@ -436,14 +443,18 @@ mod tests {
         let e = Config::from_json_str(&V4.replace("\"qwen2\"", "\"llama\""))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("unsupported architecture") && e.contains("qwen2"), "{e}");
+        assert!(
+            e.contains("unsupported architecture") && e.contains("qwen2"),
+            "{e}"
+        );
         let e = Config::from_json_str(&V4.replace("\"hidden_size\":896,", ""))
             .unwrap_err()
             .to_string();
         assert!(e.contains("hidden_size"), "{e}");
-        let e = Config::from_json_str(&V4.replace("\"hidden_size\":896", "\"hidden_size\":\"big\""))
-            .unwrap_err()
-            .to_string();
+        let e =
+            Config::from_json_str(&V4.replace("\"hidden_size\":896", "\"hidden_size\":\"big\""))
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("positive integer"), "{e}");
         let e = Config::from_json_str(&V4.replace(
             r#""rope_theta":1000000.0,"#,

@@ -311,8 +311,7 @@ impl GgufFile {
                 dims.push(c.u64(&name).map_err(err)?);
             }
             let ty_id = c.u32(&name).map_err(err)?;
-            let ty = GgmlType::from_u32(ty_id)
-                .map_err(|e| err(format!("tensor `{name}`: {e}")))?;
+            let ty = GgmlType::from_u32(ty_id).map_err(|e| err(format!("tensor `{name}`: {e}")))?;
             let offset = c.u64(&name).map_err(err)?;
             infos.push((name, dims, ty, offset));
         }
@@ -434,10 +433,13 @@ impl GgufFile {
 
     /// The string array at `key`, or an error naming the key.
     pub fn get_str_array(&self, key: &str) -> Result<Vec<String>> {
-        let arr = self.get(key).and_then(Value::as_array).ok_or_else(|| Error::Gguf {
-            path: self.path.clone(),
-            msg: format!("metadata `{key}` is missing or not an array"),
-        })?;
+        let arr = self
+            .get(key)
+            .and_then(Value::as_array)
+            .ok_or_else(|| Error::Gguf {
+                path: self.path.clone(),
+                msg: format!("metadata `{key}` is missing or not an array"),
+            })?;
         arr.iter()
             .map(|v| {
                 v.as_str().map(str::to_owned).ok_or_else(|| Error::Gguf {

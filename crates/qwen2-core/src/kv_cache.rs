@@ -39,11 +39,7 @@ impl KvCache {
 
     /// Bytes held by the cache's buffers.
     pub fn bytes(&self) -> usize {
-        self.k
-            .iter()
-            .chain(&self.v)
-            .map(|b| b.capacity() * 4)
-            .sum()
+        self.k.iter().chain(&self.v).map(|b| b.capacity() * 4).sum()
     }
 
     /// Fail early, before any work, if `n` more tokens would not fit.

@@ -78,7 +78,10 @@ fn gguf_tokenizer(g: &GgufFile) -> Result<Option<Tokenizer>> {
         return Ok(None);
     };
     let id = |k: &str| g.get_u64(k).map(|v| v as u32);
-    let types = match g.get("tokenizer.ggml.token_type").and_then(|v| v.as_array()) {
+    let types = match g
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.as_array())
+    {
         Some(a) => a.iter().map(|v| v.as_i64().unwrap_or(1) as i32).collect(),
         None => Vec::new(),
     };
@@ -147,7 +150,12 @@ fn load_gguf(path: &Path, precision: Precision) -> Result<LoadedModel> {
     let name = g
         .get_str("general.name")
         .map(str::to_owned)
-        .unwrap_or_else(|| path.file_stem().unwrap_or_default().to_string_lossy().into());
+        .unwrap_or_else(|| {
+            path.file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into()
+        });
     let defaults = gguf_sampling_defaults(&name, chat_template.is_some());
     let src = WeightSource::from_gguf(g);
     let model = Qwen2::load(cfg, &src, precision)?;

@@ -52,10 +52,7 @@ impl Linear {
     ) -> Result<Self> {
         let w = convert(src.get(&format!("{name}.weight"), &[out, inp])?, p)?;
         let b = if bias {
-            Some(
-                src.get(&format!("{name}.bias"), &[out])?
-                    .to_f32_vec()?,
-            )
+            Some(src.get(&format!("{name}.bias"), &[out])?.to_f32_vec()?)
         } else {
             None
         };

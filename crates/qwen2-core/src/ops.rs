@@ -92,8 +92,8 @@ impl Rope {
                     .iter()
                     .enumerate()
                     .map(|(i, &p)| {
-                        let ramp = ((i as f32 - low as f32) / (high as f32 - low as f32))
-                            .clamp(0.0, 1.0);
+                        let ramp =
+                            ((i as f32 - low as f32) / (high as f32 - low as f32)).clamp(0.0, 1.0);
                         let extrapolation_factor = 1.0 - ramp;
                         let inter = 1.0 / (factor as f32 * p);
                         let extra = 1.0 / p;

@@ -23,7 +23,9 @@ pub fn perplexity(
     mut progress: impl FnMut(usize, usize, f64),
 ) -> Result<Perplexity> {
     if ctx < 4 {
-        return Err(Error::Invalid(format!("--ctx must be at least 4, got {ctx}")));
+        return Err(Error::Invalid(format!(
+            "--ctx must be at least 4, got {ctx}"
+        )));
     }
     let n_chunks = ids.len() / ctx;
     if n_chunks == 0 {

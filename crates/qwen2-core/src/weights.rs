@@ -43,7 +43,13 @@ pub struct Tensor {
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tensor({} {} {:?})", self.name, self.ty.name(), self.shape)
+        write!(
+            f,
+            "Tensor({} {} {:?})",
+            self.name,
+            self.ty.name(),
+            self.shape
+        )
     }
 }
 
@@ -77,11 +83,7 @@ impl Tensor {
     /// Rows × cols view for matmul; 1-D tensors are one row.
     pub fn as_mat(&self) -> Result<QMatRef<'_>> {
         let cols = *self.shape.last().unwrap_or(&0);
-        let rows = if cols == 0 {
-            0
-        } else {
-            self.n_elements() / cols
-        };
+        let rows = self.n_elements().checked_div(cols).unwrap_or(0);
         Ok(QMatRef::new(self.ty, rows, cols, self.bytes())?)
     }
 
@@ -252,15 +254,13 @@ impl WeightSource {
                     },
                 }
             }
-            WeightSource::Safetensors { dir, tensors } => {
-                tensors
-                    .get(hf_name)
-                    .cloned()
-                    .ok_or_else(|| Error::MissingTensor {
-                        name: hf_name.into(),
-                        hint: format!(" in the safetensors of {}", dir.display()),
-                    })?
-            }
+            WeightSource::Safetensors { dir, tensors } => tensors
+                .get(hf_name)
+                .cloned()
+                .ok_or_else(|| Error::MissingTensor {
+                    name: hf_name.into(),
+                    hint: format!(" in the safetensors of {}", dir.display()),
+                })?,
         };
         if t.shape != shape {
             return Err(Error::ShapeMismatch {
@@ -310,7 +310,9 @@ fn load_safetensors_file(path: &Path, out: &mut BTreeMap<String, Tensor>) -> Res
         let shape = info.shape.clone();
         let start = data_start + s;
         if start + len > map.len() {
-            return Err(err(format!("tensor `{name}` runs past the end of the file")));
+            return Err(err(format!(
+                "tensor `{name}` runs past the end of the file"
+            )));
         }
         out.insert(
             name.clone(),
@@ -343,7 +345,10 @@ mod tests {
             gguf_name("model.layers.23.mlp.down_proj.weight").as_deref(),
             Some("blk.23.ffn_down.weight")
         );
-        assert_eq!(gguf_name("lm_head.weight").as_deref(), Some("output.weight"));
+        assert_eq!(
+            gguf_name("lm_head.weight").as_deref(),
+            Some("output.weight")
+        );
         assert_eq!(gguf_name("model.layers.x.mlp.up_proj.weight"), None);
         assert_eq!(gguf_name("model.layers.1.mlp.foo.weight"), None);
     }

@@ -4,6 +4,7 @@
 //! - fast path: mean KL(exact ‖ fast) ≤ 0.005 and top-1 agreement ≥ 98% over 512 tokens;
 //! - perplexity within 1% of llama.cpp's on the same text;
 //! - tokenizer from the GGUF: ids identical to the HF reference on the fixture corpus.
+//!
 //! One model load per precision, shared by the tests in this file.
 
 mod common;
@@ -24,7 +25,11 @@ fn fast() -> &'static LoadedModel {
 
 fn prompts() -> Vec<Vec<u32>> {
     let j = read_json(&fixture("real/prompts.json"));
-    j.as_array().unwrap().iter().map(|p| ids(&p["ids"])).collect()
+    j.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| ids(&p["ids"]))
+        .collect()
 }
 
 #[test]
@@ -123,8 +128,14 @@ fn fast_path_kl_and_top1_against_exact() {
     for t in 0..ids.len() {
         let p = log_softmax(&reference[t * vocab..(t + 1) * vocab]);
         let q = log_softmax(&ours[t * vocab..(t + 1) * vocab]);
-        kl_sum += p.iter().zip(&q).map(|(a, b)| a.exp() * (a - b)).sum::<f64>();
-        if argmax(&reference[t * vocab..(t + 1) * vocab]) == argmax(&ours[t * vocab..(t + 1) * vocab]) {
+        kl_sum += p
+            .iter()
+            .zip(&q)
+            .map(|(a, b)| a.exp() * (a - b))
+            .sum::<f64>();
+        if argmax(&reference[t * vocab..(t + 1) * vocab])
+            == argmax(&ours[t * vocab..(t + 1) * vocab])
+        {
             agree += 1;
         }
     }
@@ -142,7 +153,10 @@ fn fast_path_kl_and_top1_against_exact() {
         ids.len()
     );
     assert!(kl <= 0.005, "mean KL {kl} > 0.005");
-    assert!(top1 >= lc_top1 - 0.015, "top-1 agreement {top1} < llama.cpp's {lc_top1} - 0.015");
+    assert!(
+        top1 >= lc_top1 - 0.015,
+        "top-1 agreement {top1} < llama.cpp's {lc_top1} - 0.015"
+    );
 }
 
 fn log_softmax(x: &[f32]) -> Vec<f64> {
@@ -160,11 +174,21 @@ fn perplexity_matches_llama_cpp() {
     assert_eq!(ppl.n_chunks as u64, j["n_chunks"].as_u64().unwrap());
     let (name, want) = match j.get("ppl_llama_cpp").and_then(|v| v.as_f64()) {
         Some(v) => ("llama.cpp", v),
-        None => ("transformers f32", j["ppl_transformers_f32"].as_f64().unwrap()),
+        None => (
+            "transformers f32",
+            j["ppl_transformers_f32"].as_f64().unwrap(),
+        ),
     };
     let rel = (ppl.ppl - want).abs() / want;
-    eprintln!("perplexity: ours {:.4}, {name} {want:.4} (rel diff {rel:.5})", ppl.ppl);
-    assert!(rel <= 0.01, "perplexity {} vs {name} {want}: {rel} > 1%", ppl.ppl);
+    eprintln!(
+        "perplexity: ours {:.4}, {name} {want:.4} (rel diff {rel:.5})",
+        ppl.ppl
+    );
+    assert!(
+        rel <= 0.01,
+        "perplexity {} vs {name} {want}: {rel} > 1%",
+        ppl.ppl
+    );
 }
 
 #[test]
@@ -194,8 +218,16 @@ fn truncated_and_corrupt_gguf_are_clear_errors() {
     std::fs::create_dir_all(&dir).unwrap();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("truncated_header.gguf", full[..1000].to_vec(), "truncated"),
-        ("truncated_data.gguf", full[..full.len() / 2].to_vec(), "past the end"),
-        ("bad_magic.gguf", [b"GGML", &full[4..4096]].concat(), "not a GGUF file"),
+        (
+            "truncated_data.gguf",
+            full[..full.len() / 2].to_vec(),
+            "past the end",
+        ),
+        (
+            "bad_magic.gguf",
+            [b"GGML", &full[4..4096]].concat(),
+            "not a GGUF file",
+        ),
     ];
     for (name, bytes, want) in cases {
         let p = dir.join(name);

@@ -32,7 +32,10 @@ fn check_dir(name: &str, precision: Precision) {
 
     let want_greedy = ids(&golden["greedy"]);
     let got_greedy = greedy(&lm.model, &input, want_greedy.len(), &[]);
-    assert_eq!(got_greedy, want_greedy, "{name}: greedy continuation differs");
+    assert_eq!(
+        got_greedy, want_greedy,
+        "{name}: greedy continuation differs"
+    );
 }
 
 #[test]
@@ -75,7 +78,10 @@ fn bad_model_directories_are_clear_errors() {
             Ok(_) => panic!("{dir}: loaded a bad model"),
             Err(e) => e.to_string(),
         };
-        assert!(e.contains(want), "{dir}: error `{e}` does not mention `{want}`");
+        assert!(
+            e.contains(want),
+            "{dir}: error `{e}` does not mention `{want}`"
+        );
     }
     let e = match qwen2_core::load(&fixture("tiny/does-not-exist"), Precision::Fast) {
         Ok(_) => panic!("loaded a missing path"),
