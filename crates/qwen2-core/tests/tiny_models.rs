@@ -111,3 +111,77 @@ fn prompt_errors() {
     lm.model.forward(&[1, 2], &mut cache, Logits::Last).unwrap();
     assert_eq!(cache.len(), 2);
 }
+
+/// Copy the tied checkpoint into a temp dir, letting `edit` change the config text and pick
+/// which tensors to keep.
+fn modified_copy(
+    tag: &str,
+    edit_config: impl Fn(&str) -> String,
+    keep: impl Fn(&str) -> bool,
+) -> std::path::PathBuf {
+    use safetensors::SafeTensors;
+    let src = fixture("tiny/tied");
+    let dir = std::env::temp_dir().join(format!("qwen2-tiny-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = std::fs::read_to_string(src.join("config.json")).unwrap();
+    std::fs::write(dir.join("config.json"), edit_config(&cfg)).unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> =
+        st.tensors().into_iter().filter(|(n, _)| keep(n)).collect();
+    safetensors::serialize_to_file(kept, None, &dir.join("model.safetensors")).unwrap();
+    dir
+}
+
+fn load_err(dir: &std::path::Path) -> String {
+    match qwen2_core::load(dir, Precision::Fast) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn missing_tensor_is_a_clear_error() {
+    let dir = modified_copy("missing", str::to_string, |n| {
+        n != "model.layers.2.self_attn.k_proj.bias"
+    });
+    let e = load_err(&dir);
+    assert!(
+        e.contains("missing tensor") && e.contains("model.layers.2.self_attn.k_proj.bias"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn wrong_shape_is_a_clear_error() {
+    // The config claims a larger MLP than the weights hold.
+    let dir = modified_copy(
+        "shape",
+        |c| c.replace("\"intermediate_size\": 128", "\"intermediate_size\": 96"),
+        |_| true,
+    );
+    let e = load_err(&dir);
+    assert!(
+        e.contains("expected shape [96, 64], found [128, 64]"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn untied_config_without_lm_head_is_a_clear_error() {
+    let dir = modified_copy(
+        "nohead",
+        |c| {
+            c.replace(
+                "\"tie_word_embeddings\": true",
+                "\"tie_word_embeddings\": false",
+            )
+        },
+        |_| true,
+    );
+    let e = load_err(&dir);
+    assert!(e.contains("lm_head.weight"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
