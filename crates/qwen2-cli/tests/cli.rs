@@ -222,3 +222,35 @@ fn perplexity_prints_a_final_line() {
     let v: f64 = last.strip_prefix("perplexity: ").unwrap().parse().unwrap();
     assert!(v > 1.0 && v < 100.0, "{last}");
 }
+
+#[test]
+fn hub_id_resolves_from_the_hf_cache_offline() {
+    // A fake hub cache holding the tiny checkpoint as org/tiny at revision "abc".
+    let cache = std::env::temp_dir().join(format!("qwen2-hfcache-{}", std::process::id()));
+    let snap = cache.join("models--org--tiny/snapshots/abc");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(cache.join("models--org--tiny/refs")).unwrap();
+    std::fs::write(cache.join("models--org--tiny/refs/main"), "abc\n").unwrap();
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        std::fs::copy(root().join("fixtures/tiny/tied").join(f), snap.join(f)).unwrap();
+    }
+    let out_file = cache.join("l.npy");
+    let out = bin()
+        .env("HF_HUB_CACHE", &cache)
+        .args(["logits", "-m", "org/tiny", "--ids", "1,2,3", "--out"])
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out_file.exists());
+    // An id that is not cached is a clear error naming the cache.
+    let out = bin()
+        .env("HF_HUB_CACHE", &cache)
+        .args(["logits", "-m", "org/other", "--ids", "1", "--out"])
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("not in the Hugging Face cache"));
+    std::fs::remove_dir_all(&cache).ok();
+}
