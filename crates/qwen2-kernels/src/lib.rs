@@ -10,9 +10,11 @@
 //! - [`types`]: `GgmlType`, block sizes, ids.
 //! - `scalar`: reference (de)quantizers and `vec_dot` twins for every format.
 //! - `x86::avx2` / `x86::avx512`: SIMD `vec_dot`s (see [`Isa`]).
-//! - `matmul`: quantize activations once, split rows over rayon.
+//! - `matmul`: quantize activations once, split rows over rayon (decode, small batches).
+//! - `gemm`: prefill GEMM over dequantized f32 panels with a register-tile microkernel.
 
 mod error;
+mod gemm;
 mod isa;
 mod matmul;
 mod scalar;
@@ -22,7 +24,7 @@ mod x86;
 
 pub use error::KernelError;
 pub use isa::{available_isas, detected_isa, isa_name, Isa};
-pub use matmul::{matmul, matmul_reference, matmul_with_isa, QMatRef};
+pub use matmul::{matmul, matmul_reference, matmul_vec_dot_with_isa, matmul_with_isa, QMatRef};
 pub use types::GgmlType;
 
 /// Dequantize one row of `dst.len()` values stored as `ty` blocks in `src`.

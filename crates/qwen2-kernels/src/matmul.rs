@@ -2,11 +2,12 @@
 //!
 //! Activations are quantized once to the weight type's `vec_dot_type` into a reusable
 //! thread-local buffer; rows are split into chunks over the rayon global pool. Decode (batch 1)
-//! streams each weight byte once; prefill tiles activations so a row chunk that sits in L2 is
-//! reused against a tile of activations that sits in L1/L2.
+//! streams each weight byte once. Large batches on AVX2 go to `gemm` (dequantized f32 panels
+//! and a register-tile microkernel); small batches (and the scalar ISA) tile activations so a
+//! row chunk that sits in L2 is reused against a tile of activations that sits in L1/L2.
 
 use crate::isa::{detected_isa, vec_dot_fn, Isa, VecDotFn};
-use crate::{scalar, GgmlType, KernelError};
+use crate::{gemm, scalar, GgmlType, KernelError};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -111,6 +112,20 @@ pub fn matmul_with_isa(
     matmul_impl(isa, w, x, batch, out)
 }
 
+/// [`matmul_with_isa`] forced onto the per-row `vec_dot` path even for large batches (the
+/// pre-GEMM behaviour); for A/B benchmarks and tests only.
+#[doc(hidden)]
+pub fn matmul_vec_dot_with_isa(
+    isa: Isa,
+    w: &QMatRef,
+    x: &[f32],
+    batch: usize,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    isa.check_available()?;
+    matmul_impl_path(isa, w, x, batch, out, false)
+}
+
 /// Reference: dequantize each weight row to f32 and take f64-accumulated dot products with the
 /// unquantized activations. Slow; for tests.
 pub fn matmul_reference(
@@ -138,7 +153,7 @@ thread_local! {
 
 /// Raw output pointer shared by tasks that write disjoint elements.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 // SAFETY: only used to write disjoint indices of one `&mut [f32]` that outlives the parallel
 // section (see `matmul_impl`).
 unsafe impl Send for OutPtr {}
@@ -146,7 +161,7 @@ unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// Method access makes closures capture the whole (Send) wrapper, not the raw field.
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -158,12 +173,27 @@ fn matmul_impl(
     batch: usize,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
+    matmul_impl_path(isa, w, x, batch, out, true)
+}
+
+fn matmul_impl_path(
+    isa: Isa,
+    w: &QMatRef,
+    x: &[f32],
+    batch: usize,
+    out: &mut [f32],
+    allow_panel: bool,
+) -> Result<(), KernelError> {
     check_shapes(w, x, batch, out)?;
     if batch == 0 || w.rows == 0 {
         return Ok(());
     }
     if w.cols == 0 {
         out.fill(0.0);
+        return Ok(());
+    }
+    if allow_panel && isa >= Isa::Avx2 && batch >= gemm::panel_min_batch(w.ty) {
+        gemm::panel_matmul(isa, w, x, batch, out);
         return Ok(());
     }
     let vdt = w.ty.vec_dot_type();

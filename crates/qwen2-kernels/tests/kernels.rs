@@ -216,6 +216,35 @@ fn matmul_matches_reference() {
 }
 
 #[test]
+fn matmul_awkward_batches_and_rows() {
+    // Batches on both sides of the GEMM threshold and partial register tiles (rows not a
+    // multiple of the tile height, batches not a multiple of its width).
+    let mut rng = StdRng::seed_from_u64(29);
+    for ty in [
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::F32,
+        GgmlType::F16,
+    ] {
+        let cols = match ty.block_size() {
+            1 => 67,
+            32 => 96,
+            _ => 512,
+        };
+        for batch in 1..=19 {
+            let rows = [1, 2, 4, 5, 7, 10][batch % 6];
+            check_matmul(ty, rows, cols, batch, &mut rng);
+        }
+    }
+    // k-blocked panels (cols > 1536).
+    check_matmul(GgmlType::Q4K, 7, 2560, 6, &mut rng);
+    check_matmul(GgmlType::Q5_0, 4, 1600, 9, &mut rng);
+}
+
+#[test]
 fn matmul_large_shapes_for_the_default_model() {
     // Qwen2.5-0.5B Q4_K_M shapes: ffn_down (Q4_K/Q6_K 896x4864), attn (Q5_0/Q8_0 896x896).
     let mut rng = StdRng::seed_from_u64(29);

@@ -112,7 +112,7 @@ unsafe fn nibbles_32(p: *const u8) -> __m256i {
 /// Byte i = 0xFF where bit i of `x` is set (ggml `bytes_from_bits_32`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn bytes_from_bits_32(x: u32) -> __m256i {
+pub(crate) fn bytes_from_bits_32(x: u32) -> __m256i {
     let shuf = _mm256_set_epi64x(
         0x0303030303030303,
         0x0202020202020202,
