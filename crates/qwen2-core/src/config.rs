@@ -14,14 +14,23 @@ pub const SUPPORTED_GGUF_ARCHS: &[&str] = &["qwen2"];
 pub enum RopeScaling {
     /// Positions divided by `factor` (transformers "linear").
     Linear { factor: f64 },
+    /// Dynamic NTK (transformers "dynamic"): once a forward pass reaches a sequence length
+    /// `seq_len > max_position_embeddings`, the rope base becomes
+    /// `theta * (factor * seq_len / max_pos - (factor - 1)) ^ (dim / (dim - 2))`.
+    Dynamic { factor: f64 },
     /// YaRN as transformers' `_compute_yarn_parameters` computes it.
     Yarn {
         factor: f64,
         original_max_position_embeddings: usize,
         beta_fast: f64,
         beta_slow: f64,
-        /// Multiplier of cos/sin; `None` means transformers' default 0.1 * ln(factor) + 1.
+        /// Multiplier of cos/sin; `None` means transformers' default, from `factor` (and
+        /// `mscale`/`mscale_all_dim` when both are set and non-zero).
         attention_factor: Option<f64>,
+        mscale: Option<f64>,
+        mscale_all_dim: Option<f64>,
+        /// Round the correction range outward to whole dimensions (transformers' default).
+        truncate: bool,
     },
 }
 
@@ -105,38 +114,115 @@ pub(crate) fn token_ids(v: Option<&Json>) -> Vec<u32> {
     }
 }
 
-fn rope_scaling_from_json(r: &Json) -> Result<Option<RopeScaling>> {
+/// The rope scaling dict (`rope_scaling` of 4.x or `rope_parameters` of 5.x), read the way
+/// transformers 5.24's `standardize_rope_params` and `_compute_*_parameters` read it.
+/// `top` is the whole config.json.
+fn rope_scaling_from_json(
+    r: &Json,
+    top: &Json,
+    max_position_embeddings: usize,
+) -> Result<Option<RopeScaling>> {
     let ty = field(r, "rope_type")
         .or_else(|| field(r, "type"))
         .and_then(Json::as_str)
         .unwrap_or("default");
+    if let Some(p) = opt_f64(r, "partial_rotary_factor")?.or(opt_f64(top, "partial_rotary_factor")?)
+    {
+        if p != 1.0 {
+            return Err(Error::Config(format!(
+                "config.json: partial_rotary_factor {p} is not supported by Qwen2 (rotary over the whole head)"
+            )));
+        }
+    }
+    let positive = |name: &str, v: f64| -> Result<f64> {
+        if v > 0.0 && v.is_finite() {
+            Ok(v)
+        } else {
+            Err(Error::Config(format!(
+                "config.json: rope scaling `{ty}`: `{name}` must be a positive number, found {v}"
+            )))
+        }
+    };
     let factor = || -> Result<f64> {
-        opt_f64(r, "factor")?.ok_or_else(|| {
+        let f = opt_f64(r, "factor")?.ok_or_else(|| {
             Error::Config(format!("config.json: rope scaling `{ty}` needs `factor`"))
-        })
+        })?;
+        positive("factor", f)
     };
     Ok(match ty {
         "default" | "none" => None,
         "linear" => Some(RopeScaling::Linear { factor: factor()? }),
-        "yarn" => Some(RopeScaling::Yarn {
-            factor: factor()?,
-            original_max_position_embeddings: opt_usize(r, "original_max_position_embeddings")?
-                .ok_or_else(|| {
-                    Error::Config(
-                        "config.json: yarn rope scaling needs `original_max_position_embeddings`"
-                            .into(),
-                    )
-                })?,
-            beta_fast: opt_f64(r, "beta_fast")?.unwrap_or(32.0),
-            beta_slow: opt_f64(r, "beta_slow")?.unwrap_or(1.0),
-            attention_factor: opt_f64(r, "attention_factor")?,
-        }),
+        "dynamic" => Some(RopeScaling::Dynamic { factor: factor()? }),
+        "yarn" => {
+            // A top-level `original_max_position_embeddings` wins (transformers' Phi3 rule),
+            // then the dict's, then `max_position_embeddings`.
+            let original = match opt_usize(top, "original_max_position_embeddings")? {
+                Some(v) => v,
+                None => opt_usize(r, "original_max_position_embeddings")?
+                    .unwrap_or(max_position_embeddings),
+            };
+            if original == 0 {
+                return Err(Error::Config(
+                    "config.json: yarn `original_max_position_embeddings` must be positive".into(),
+                ));
+            }
+            // `factor: null` means the ratio of the post- and pre-YaRN context lengths.
+            let factor = match opt_f64(r, "factor")? {
+                Some(f) => positive("factor", f)?,
+                None => max_position_embeddings as f64 / original as f64,
+            };
+            // transformers: `get("beta_fast") or 32` — a 0 counts as unset.
+            let nonzero = |v: Option<f64>| v.filter(|&x| x != 0.0);
+            // transformers: `get("truncate", True)` — absent is true, an explicit null false.
+            let truncate = match r.get("truncate") {
+                None => true,
+                Some(Json::Null) => false,
+                Some(Json::Bool(b)) => *b,
+                Some(v) => {
+                    return Err(Error::Config(format!(
+                        "config.json: yarn `truncate` must be true or false, found {v}"
+                    )))
+                }
+            };
+            Some(RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: original,
+                beta_fast: nonzero(opt_f64(r, "beta_fast")?).unwrap_or(32.0),
+                beta_slow: nonzero(opt_f64(r, "beta_slow")?).unwrap_or(1.0),
+                attention_factor: opt_f64(r, "attention_factor")?,
+                mscale: opt_f64(r, "mscale")?,
+                mscale_all_dim: opt_f64(r, "mscale_all_dim")?,
+                truncate,
+            })
+        }
         other => {
             return Err(Error::Config(format!(
-                "config.json: rope scaling type `{other}` is not supported; supported: default, linear, yarn"
+                "config.json: rope scaling type `{other}` is not supported; supported: default, linear, dynamic, yarn"
             )))
         }
     })
+}
+
+/// YaRN's attention-scale rule (transformers' `get_mscale`): `0.1 * mscale * ln(s) + 1` for
+/// `s > 1`, else 1.
+pub fn yarn_mscale(scale: f64, mscale: f64) -> f64 {
+    if scale <= 1.0 {
+        1.0
+    } else {
+        0.1 * mscale * scale.ln() + 1.0
+    }
+}
+
+/// `None` for a missing, null or empty rope dict (Python's falsy `{}`).
+fn non_empty_dict(v: Option<&Json>) -> Result<Option<&Json>> {
+    match v {
+        None => Ok(None),
+        Some(Json::Object(m)) if m.is_empty() => Ok(None),
+        Some(o @ Json::Object(_)) => Ok(Some(o)),
+        Some(other) => Err(Error::Config(format!(
+            "config.json: rope settings must be an object, found {other}"
+        ))),
+    }
 }
 
 impl Config {
@@ -164,23 +250,38 @@ impl Config {
         let num_hidden_layers = req_usize(&j, "num_hidden_layers")?;
 
         // transformers 5.x moved rope settings into `rope_parameters`; 4.x has `rope_theta`
-        // at the top level and scaling in `rope_scaling`.
-        let rope_params = field(&j, "rope_parameters");
-        let rope_theta = match rope_params {
+        // at the top level and scaling in `rope_scaling`. As in transformers
+        // (`rope_scaling or rope_parameters`), a non-empty `rope_scaling` replaces
+        // `rope_parameters`, and `rope_theta` comes from the chosen dict, else the top level.
+        let max_position_embeddings = opt_usize(&j, "max_position_embeddings")?.unwrap_or(32768);
+        let rope_dict = match non_empty_dict(field(&j, "rope_scaling"))? {
+            Some(r) => Some(r),
+            None => non_empty_dict(field(&j, "rope_parameters"))?,
+        };
+        let rope_theta = match rope_dict {
             Some(p) => opt_f64(p, "rope_theta")?,
             None => None,
         }
         .or(opt_f64(&j, "rope_theta")?)
         .unwrap_or(10000.0);
-        let rope_scaling = match (rope_params, field(&j, "rope_scaling")) {
-            (_, Some(r)) => rope_scaling_from_json(r)?,
-            (Some(p), None) => rope_scaling_from_json(p)?,
-            (None, None) => None,
+        let rope_scaling = match rope_dict {
+            Some(r) => rope_scaling_from_json(r, &j, max_position_embeddings)?,
+            None => None,
         };
 
-        // Sliding window: 5.x lists `layer_types`; 4.x uses the window from
-        // `max_window_layers` on, when `use_sliding_window` is set.
-        let window = opt_usize(&j, "sliding_window")?;
+        // Sliding window, as transformers' Qwen2Config: the window is `sliding_window` only
+        // when `use_sliding_window` is true (else None). 5.x lists `layer_types`; without them
+        // (4.x) the layers from `max_window_layers` on slide when there is a window.
+        let window = if opt_bool(&j, "use_sliding_window")?.unwrap_or(false) {
+            opt_usize(&j, "sliding_window")?
+        } else {
+            None
+        };
+        if window == Some(0) {
+            return Err(Error::Config(
+                "config.json: `sliding_window` must be positive".into(),
+            ));
+        }
         let sliding_window = if let Some(types) = field(&j, "layer_types") {
             let types = types
                 .as_array()
@@ -195,9 +296,10 @@ impl Config {
                 .iter()
                 .map(|t| match t.as_str() {
                     Some("full_attention") => Ok(None),
+                    // transformers fails on this combination too (no window to apply).
                     Some("sliding_attention") => window.map(Some).ok_or_else(|| {
                         Error::Config(
-                            "config.json: a sliding_attention layer needs `sliding_window`".into(),
+                            "config.json: a sliding_attention layer needs `use_sliding_window: true` and a `sliding_window`".into(),
                         )
                     }),
                     _ => Err(Error::Config(format!(
@@ -205,11 +307,8 @@ impl Config {
                     ))),
                 })
                 .collect::<Result<Vec<_>>>()?
-        } else if opt_bool(&j, "use_sliding_window")?.unwrap_or(false) {
-            let w = window.ok_or_else(|| {
-                Error::Config("config.json: use_sliding_window needs `sliding_window`".into())
-            })?;
-            let from = opt_usize(&j, "max_window_layers")?.unwrap_or(num_hidden_layers);
+        } else if let Some(w) = window {
+            let from = opt_usize(&j, "max_window_layers")?.unwrap_or(28);
             (0..num_hidden_layers)
                 .map(|i| (i >= from).then_some(w))
                 .collect()
@@ -233,7 +332,7 @@ impl Config {
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            max_position_embeddings: opt_usize(&j, "max_position_embeddings")?.unwrap_or(32768),
+            max_position_embeddings,
             rms_norm_eps: opt_f64(&j, "rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
@@ -294,6 +393,14 @@ impl Config {
                 let factor = g
                     .get_f64(&format!("{arch}.rope.scaling.factor"))
                     .unwrap_or(1.0);
+                if !(factor > 0.0 && factor.is_finite()) {
+                    return Err(Error::Gguf {
+                        path: g.path.clone(),
+                        msg: format!(
+                            "`{arch}.rope.scaling.factor` must be positive, found {factor}"
+                        ),
+                    });
+                }
                 match ty {
                     "linear" => Some(RopeScaling::Linear { factor }),
                     "yarn" => Some(RopeScaling::Yarn {
@@ -313,9 +420,14 @@ impl Config {
                         beta_slow: g
                             .get_f64(&format!("{arch}.rope.scaling.yarn_beta_slow"))
                             .unwrap_or(1.0),
+                        // llama.cpp multiplies YaRN's mscale by `attn_factor` (default 1).
                         attention_factor: g
                             .get_f64(&format!("{arch}.rope.scaling.attn_factor"))
-                            .filter(|&f| f > 0.0 && f != 1.0),
+                            .filter(|&f| f > 0.0 && f != 1.0)
+                            .map(|f| f * yarn_mscale(factor, 1.0)),
+                        mscale: None,
+                        mscale_all_dim: None,
+                        truncate: true,
                     }),
                     other => {
                         return Err(Error::Gguf {

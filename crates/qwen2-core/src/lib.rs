@@ -17,7 +17,7 @@ pub mod weights;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use generate::{generate, FinishReason, GenerateParams, Generation};
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvDtype};
 pub use loader::{load, LoadedModel};
 pub use model::{Logits, Precision, Qwen2};
 pub use sampling::{Sampler, SamplingParams};

@@ -9,7 +9,7 @@ use qwen2_kernels::matmul;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvDtype, KvView};
 use crate::ops::{self, Rope};
 use crate::weights::{Tensor, WeightSource};
 
@@ -168,8 +168,49 @@ impl Qwen2 {
         })
     }
 
+    /// A KV cache for up to `ctx` tokens, of `default_kv_dtype()`.
     pub fn new_cache(&self, ctx: usize) -> KvCache {
-        KvCache::new(self.cfg.num_hidden_layers, self.cfg.kv_dim(), ctx)
+        self.new_cache_with(ctx, self.default_kv_dtype())
+    }
+
+    /// f32 for `Precision::Exact` (the reference); f16 for `Precision::Fast`, half the
+    /// memory, as llama.cpp's default. Attention still computes K·Q, softmax and sums in f32.
+    /// `new_cache_with` picks either explicitly.
+    pub fn default_kv_dtype(&self) -> KvDtype {
+        match self.precision {
+            Precision::Fast => KvDtype::F16,
+            Precision::Exact => KvDtype::F32,
+        }
+    }
+
+    pub fn new_cache_with(&self, ctx: usize, dtype: KvDtype) -> KvCache {
+        KvCache::with_dtype(self.cfg.num_hidden_layers, self.cfg.kv_dim(), ctx, dtype)
+    }
+
+    /// The rope for a forward pass that ends at sequence length `seq_len`, and the cache's new
+    /// dynamic-NTK state. Only dynamic NTK depends on it; it follows transformers'
+    /// `dynamic_frequency_update` with the state kept per sequence (in the cache): frequencies
+    /// are recomputed for `seq_len` when it exceeds the largest length seen so far beyond
+    /// `max_position_embeddings`, and reset when a pass is shorter than that again. Keys
+    /// already cached keep the rotation they were made with, as in transformers.
+    fn rope_for(&self, cache: &KvCache, seq_len: usize) -> (Option<Rope>, usize) {
+        let Some(max_pos) = self.rope.dynamic_threshold() else {
+            return (None, cache.rope_len);
+        };
+        let cached = cache.rope_len.max(max_pos);
+        let mut state = cached;
+        if seq_len > cached {
+            state = seq_len;
+        }
+        if seq_len < max_pos && cached > max_pos {
+            state = max_pos;
+        }
+        let rope = if state > max_pos {
+            self.rope.for_seq_len(state)
+        } else {
+            None
+        };
+        (rope, state)
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -201,6 +242,8 @@ impl Qwen2 {
             }
         }
         let vocab = self.cfg.vocab_size;
+        let (dyn_rope, rope_state) = self.rope_for(cache, cache.len() + tokens.len());
+        let rope = dyn_rope.as_ref().unwrap_or(&self.rope);
         let mut logits = Vec::new();
         let n_chunks = tokens.len().div_ceil(MAX_CHUNK);
         for (ci, chunk) in tokens.chunks(MAX_CHUNK).enumerate() {
@@ -210,7 +253,7 @@ impl Qwen2 {
                 Logits::Last if last_chunk => 1,
                 _ => 0,
             };
-            let x = match self.forward_chunk(chunk, cache, hook.as_deref_mut()) {
+            let x = match self.forward_chunk(chunk, cache, rope, hook.as_deref_mut()) {
                 Ok(x) => x,
                 Err(e) => {
                     cache.rollback();
@@ -238,6 +281,7 @@ impl Qwen2 {
                 }
             }
         }
+        cache.rope_len = rope_state;
         Ok(logits)
     }
 
@@ -247,6 +291,7 @@ impl Qwen2 {
         &self,
         tokens: &[u32],
         cache: &mut KvCache,
+        rope: &Rope,
         mut hook: Option<&mut HookFn<'_>>,
     ) -> Result<Vec<f32>> {
         let cfg = &self.cfg;
@@ -280,22 +325,22 @@ impl Qwen2 {
             layer.q.forward(&normed, n, &mut q)?;
             layer.k.forward(&normed, n, &mut k)?;
             layer.v.forward(&normed, n, &mut v)?;
-            self.rope.apply(&mut q, cfg.num_attention_heads, pos0);
-            self.rope.apply(&mut k, cfg.num_key_value_heads, pos0);
+            rope.apply(&mut q, cfg.num_attention_heads, pos0);
+            rope.apply(&mut k, cfg.num_key_value_heads, pos0);
             cache.append(li, &k, &v);
-            let (kc, vc) = cache.layer(li);
-            ops::attention(
-                &q,
-                kc,
-                vc,
-                &mut attn,
-                n,
-                pos0,
+            let (nh, nkv, hd) = (
                 cfg.num_attention_heads,
                 cfg.num_key_value_heads,
                 cfg.head_dim,
-                layer.window,
             );
+            match cache.layer(li) {
+                KvView::F32(kc, vc) => {
+                    ops::attention(&q, kc, vc, &mut attn, n, pos0, nh, nkv, hd, layer.window)
+                }
+                KvView::F16(kc, vc) => {
+                    ops::attention(&q, kc, vc, &mut attn, n, pos0, nh, nkv, hd, layer.window)
+                }
+            }
             layer.o.forward(&attn, n, &mut proj)?;
             for (a, b) in x.iter_mut().zip(&proj) {
                 *a += b;

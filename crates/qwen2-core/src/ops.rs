@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use crate::config::{Config, RopeScaling};
+use crate::config::{yarn_mscale, Config, RopeScaling};
 
 /// `out = x / sqrt(mean(x²) + eps) * w`, row by row (Qwen2RMSNorm: normalise in f32, then
 /// multiply by the weight).
@@ -41,28 +41,42 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
-/// Rotary embedding frequencies (transformers' `rope_init_fn`s), with YaRN/linear scaling.
+/// Rotary embedding frequencies (transformers' `rope_init_fn`s), with linear, dynamic-NTK and
+/// YaRN scaling, each computed with transformers' f32/f64 rounding.
 #[derive(Debug, Clone)]
 pub struct Rope {
     inv_freq: Vec<f32>,
     /// Multiplies cos and sin (YaRN's attention factor; 1 otherwise).
     attention_scaling: f32,
     head_dim: usize,
+    /// Dynamic NTK: `(factor, max_position_embeddings, rope_theta)`.
+    dynamic: Option<(f64, usize, f64)>,
+}
+
+/// `base ** (arange(0, dim, 2).float() / dim)` as torch computes it: in f32.
+fn pos_freqs(base: f32, dim: usize) -> Vec<f32> {
+    (0..dim / 2)
+        .map(|i| base.powf((2 * i) as f32 / dim as f32))
+        .collect()
 }
 
 impl Rope {
     pub fn new(cfg: &Config) -> Self {
         let dim = cfg.head_dim;
         let base = cfg.rope_theta;
-        // transformers: base ** (arange(0, dim, 2).float() / dim), in f32.
-        let pos_freqs: Vec<f32> = (0..dim / 2)
-            .map(|i| (base as f32).powf((2 * i) as f32 / dim as f32))
-            .collect();
+        let pos_freqs = pos_freqs(base as f32, dim);
         let mut attention_scaling = 1.0f32;
+        let mut dynamic = None;
         let inv_freq = match &cfg.rope_scaling {
             None => pos_freqs.iter().map(|p| 1.0 / p).collect(),
             Some(RopeScaling::Linear { factor }) => {
                 pos_freqs.iter().map(|p| 1.0 / p / *factor as f32).collect()
+            }
+            // At init (and while sequences stay within max_position_embeddings) dynamic NTK
+            // is the default rope; `for_seq_len` recomputes it past that.
+            Some(RopeScaling::Dynamic { factor }) => {
+                dynamic = Some((*factor, cfg.max_position_embeddings, base));
+                pos_freqs.iter().map(|p| 1.0 / p).collect()
             }
             Some(RopeScaling::Yarn {
                 factor,
@@ -70,10 +84,19 @@ impl Rope {
                 beta_fast,
                 beta_slow,
                 attention_factor,
+                mscale,
+                mscale_all_dim,
+                truncate,
             }) => {
                 let factor = *factor;
-                let get_mscale = |s: f64| if s <= 1.0 { 1.0 } else { 0.1 * s.ln() + 1.0 };
-                attention_scaling = attention_factor.unwrap_or_else(|| get_mscale(factor)) as f32;
+                attention_scaling = match (attention_factor, mscale, mscale_all_dim) {
+                    (Some(a), _, _) => *a,
+                    (None, Some(m), Some(mad)) if *m != 0.0 && *mad != 0.0 => {
+                        yarn_mscale(factor, *m) / yarn_mscale(factor, *mad)
+                    }
+                    _ => yarn_mscale(factor, 1.0),
+                } as f32;
+                // Python float (f64) math, as transformers' find_correction_range.
                 let find_dim = |rot: f64| {
                     (dim as f64
                         * (*original_max_position_embeddings as f64
@@ -81,19 +104,23 @@ impl Rope {
                             .ln())
                         / (2.0 * base.ln())
                 };
-                let low = find_dim(*beta_fast).floor().max(0.0);
-                let high = find_dim(*beta_slow).ceil().min(dim as f64 - 1.0);
-                let (low, high) = if low == high {
-                    (low, high + 0.001)
-                } else {
-                    (low, high)
-                };
+                let (mut low, mut high) = (find_dim(*beta_fast), find_dim(*beta_slow));
+                if *truncate {
+                    low = low.floor();
+                    high = high.ceil();
+                }
+                let low = low.max(0.0);
+                let mut high = high.min(dim as f64 - 1.0);
+                if low == high {
+                    high += 0.001; // transformers: "prevent singularity"
+                }
+                // (arange(f32) - low) / (high - low): f32 tensor ops with python scalars.
+                let (low32, span32) = (low as f32, (high - low) as f32);
                 pos_freqs
                     .iter()
                     .enumerate()
                     .map(|(i, &p)| {
-                        let ramp =
-                            ((i as f32 - low as f32) / (high as f32 - low as f32)).clamp(0.0, 1.0);
+                        let ramp = ((i as f32 - low32) / span32).clamp(0.0, 1.0);
                         let extrapolation_factor = 1.0 - ramp;
                         let inter = 1.0 / (factor as f32 * p);
                         let extra = 1.0 / p;
@@ -106,7 +133,40 @@ impl Rope {
             inv_freq,
             attention_scaling,
             head_dim: dim,
+            dynamic,
         }
+    }
+
+    /// The inverse frequencies, `head_dim / 2` of them.
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
+    /// The factor cos and sin are multiplied by (YaRN's attention factor, else 1).
+    pub fn attention_scaling(&self) -> f32 {
+        self.attention_scaling
+    }
+
+    /// Dynamic NTK only: the `max_position_embeddings` past which the frequencies change.
+    pub fn dynamic_threshold(&self) -> Option<usize> {
+        self.dynamic.map(|(_, m, _)| m)
+    }
+
+    /// Dynamic NTK only: the rope transformers' `_compute_dynamic_ntk_parameters` computes for
+    /// `seq_len` (`max(seq_len, max_position_embeddings)`). `None` for other rope types.
+    /// transformers computes the new base in f32 (seq_len is a tensor there); so do we.
+    pub fn for_seq_len(&self, seq_len: usize) -> Option<Rope> {
+        let (factor, max_pos, theta) = self.dynamic?;
+        let dim = self.head_dim;
+        let s = seq_len.max(max_pos) as f32;
+        let t = (factor as f32 * s) / max_pos as f32 - (factor - 1.0) as f32;
+        let base = theta as f32 * t.powf((dim as f64 / (dim as f64 - 2.0)) as f32);
+        Some(Rope {
+            inv_freq: pos_freqs(base, dim).iter().map(|p| 1.0 / p).collect(),
+            attention_scaling: 1.0,
+            head_dim: dim,
+            dynamic: None,
+        })
     }
 
     /// cos/sin for one position, each `head_dim / 2` long.
@@ -141,17 +201,41 @@ impl Rope {
     }
 }
 
+/// A cached key/value element: f32, or f16 widened to f32 as it is read.
+pub trait KvElem: Copy + Send + Sync + 'static {
+    /// `src` as f32: borrowed as is for f32, widened into `buf` (same length) otherwise.
+    fn as_f32<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
+}
+
+impl KvElem for f32 {
+    #[inline]
+    fn as_f32<'a>(src: &'a [f32], _buf: &'a mut [f32]) -> &'a [f32] {
+        src
+    }
+}
+
+impl KvElem for half::f16 {
+    #[inline]
+    fn as_f32<'a>(src: &'a [half::f16], buf: &'a mut [f32]) -> &'a [f32] {
+        use half::slice::HalfFloatSliceExt;
+        src.convert_to_f32_slice(buf);
+        buf
+    }
+}
+
 /// Causal grouped-query attention for `n_new` query rows against a cache holding
 /// `pos0 + n_new` key/value rows (the new ones already appended).
 ///
-/// `q`: `[n_new, n_heads * hd]`; `k`, `v`: `[>= pos0 + n_new, n_kv * hd]`; `out`: like `q`.
-/// `window`: sliding-window size (keys with `pos - key_pos >= window` are masked), as
-/// transformers' sliding-window mask does.
+/// `q`: `[n_new, n_heads * hd]`; `k`, `v`: `[>= pos0 + n_new, n_kv * hd]` in f32 or f16 (read
+/// as f32; the K·Q product, softmax and the weighted sum are f32); `out`: like `q`.
+/// `window`: sliding-window size. Query at position `i` sees key `j` iff `j <= i` and
+/// `i - j < window` — transformers' `sliding_window_overlay` (`kv_idx > q_idx - window`),
+/// checked by scripts/fixtures/long_context.py.
 #[allow(clippy::too_many_arguments)]
-pub fn attention(
+pub fn attention<T: KvElem>(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[T],
+    v: &[T],
     out: &mut [f32],
     n_new: usize,
     pos0: usize,
@@ -176,16 +260,19 @@ pub fn attention(
             None => 0,
         };
         let qv = &q[t * q_row + h * hd..t * q_row + (h + 1) * hd];
+        let mut buf = vec![0f32; hd];
         let mut scores: Vec<f32> = (first..=pos)
             .map(|j| {
-                let kr = &k[j * kv_row + kvh * hd..j * kv_row + (kvh + 1) * hd];
+                let off = j * kv_row + kvh * hd;
+                let kr = T::as_f32(&k[off..off + hd], &mut buf);
                 qv.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * scale
             })
             .collect();
         softmax(&mut scores);
         o.fill(0.0);
         for (j, &p) in (first..=pos).zip(&scores) {
-            let vr = &v[j * kv_row + kvh * hd..j * kv_row + (kvh + 1) * hd];
+            let off = j * kv_row + kvh * hd;
+            let vr = T::as_f32(&v[off..off + hd], &mut buf);
             for (oo, &vv) in o.iter_mut().zip(vr) {
                 *oo += p * vv;
             }
@@ -224,7 +311,7 @@ mod tests {
         let k = vec![0.1f32; 2];
         let v = vec![5.0f32, -1.0];
         let mut out = vec![0f32; 4];
-        attention(&q, &k, &v, &mut out, 1, 0, 2, 1, 2, None);
+        attention::<f32>(&q, &k, &v, &mut out, 1, 0, 2, 1, 2, None);
         assert_eq!(out, vec![5.0, -1.0, 5.0, -1.0]);
     }
 }
