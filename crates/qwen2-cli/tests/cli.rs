@@ -254,3 +254,49 @@ fn hub_id_resolves_from_the_hf_cache_offline() {
     assert!(text(&out.stderr).contains("not in the Hugging Face cache"));
     std::fs::remove_dir_all(&cache).ok();
 }
+
+#[test]
+fn ctrl_c_stops_the_answer_not_the_chat() {
+    let mut child = bin()
+        .args([
+            "chat",
+            "-m",
+            &model(),
+            "--greedy",
+            "-n",
+            "2000",
+            "--ctx",
+            "4096",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"Write a very long essay about the history of computing.\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    // Let it load and start answering, then interrupt the answer.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The program is still there and takes the next turn.
+    stdin.write_all(b"Say OK.\n").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(
+        out.status.success(),
+        "chat exited with {:?}: {err}",
+        out.status
+    );
+    assert!(err.contains("(stopped)"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

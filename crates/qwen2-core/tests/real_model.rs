@@ -1,7 +1,8 @@
 //! The real default model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M) against transformers, which
 //! dequantizes the same GGUF to f32 (scripts/fixtures/models.py):
 //! - `--exact` path: max |Δlogit| ≤ 1e-3 × max|logit| and identical 32-token greedy continuations;
-//! - fast path: mean KL(exact ‖ fast) ≤ 0.005 and top-1 agreement ≥ 98% over 512 tokens;
+//! - fast path (prefill over 512 tokens, decode over 192): mean KL(exact ‖ fast) ≤ 0.005 and
+//!   top-1 agreement within 1.5 points of llama.cpp's own on the same tokens;
 //! - perplexity within 1% of llama.cpp's on the same text;
 //! - tokenizer from the GGUF: ids identical to the HF reference on the fixture corpus.
 //!
@@ -115,6 +116,33 @@ fn kl_text_ids() -> Vec<u32> {
     all[..512].to_vec()
 }
 
+/// Mean KL(reference ‖ ours) and top-1 agreement over all positions.
+fn kl_and_top1(reference: &[f32], ours: &[f32], vocab: usize) -> (f64, f64) {
+    let n = reference.len() / vocab;
+    let mut kl_sum = 0f64;
+    let mut agree = 0usize;
+    for t in 0..n {
+        let (r, o) = (
+            &reference[t * vocab..(t + 1) * vocab],
+            &ours[t * vocab..(t + 1) * vocab],
+        );
+        let p = log_softmax(r);
+        let q = log_softmax(o);
+        kl_sum += p
+            .iter()
+            .zip(&q)
+            .map(|(a, b)| a.exp() * (a - b))
+            .sum::<f64>();
+        if argmax(r) == argmax(o) {
+            agree += 1;
+        }
+    }
+    (kl_sum / n as f64, agree as f64 / n as f64)
+}
+
+// The fast path has two kernels families: prefill (batched GEMM on f32 activations) and decode
+// (one token at a time, activations quantized to 8-bit blocks, f16 KV cache). Both are held to
+// the bar: prefill over 512 tokens, decode token by token over the first 192.
 #[test]
 fn fast_path_kl_and_top1_against_exact() {
     let ids = kl_text_ids();
@@ -122,25 +150,13 @@ fn fast_path_kl_and_top1_against_exact() {
     let mut c1 = exact().model.new_cache(ids.len());
     let reference = exact().model.forward(&ids, &mut c1, Logits::All).unwrap();
     let mut c2 = fast().model.new_cache(ids.len());
-    let ours = fast().model.forward(&ids, &mut c2, Logits::All).unwrap();
-    let mut kl_sum = 0f64;
-    let mut agree = 0usize;
-    for t in 0..ids.len() {
-        let p = log_softmax(&reference[t * vocab..(t + 1) * vocab]);
-        let q = log_softmax(&ours[t * vocab..(t + 1) * vocab]);
-        kl_sum += p
-            .iter()
-            .zip(&q)
-            .map(|(a, b)| a.exp() * (a - b))
-            .sum::<f64>();
-        if argmax(&reference[t * vocab..(t + 1) * vocab])
-            == argmax(&ours[t * vocab..(t + 1) * vocab])
-        {
-            agree += 1;
-        }
+    let prefill = fast().model.forward(&ids, &mut c2, Logits::All).unwrap();
+    let n_decode = 192;
+    let mut c3 = fast().model.new_cache(n_decode);
+    let mut decode = Vec::with_capacity(n_decode * vocab);
+    for &t in &ids[..n_decode] {
+        decode.extend(fast().model.forward(&[t], &mut c3, Logits::Last).unwrap());
     }
-    let kl = kl_sum / ids.len() as f64;
-    let top1 = agree as f64 / ids.len() as f64;
     // llama.cpp's own quantized path on the same tokens (scripts/fixtures/fast_path_llamacpp.py)
     // agrees on top-1 with the f32 reference only 96.1% of the time on this prose (many
     // near-ties in a 0.5B model), so the 98% is out of reach for any 8-bit-activation
@@ -148,15 +164,18 @@ fn fast_path_kl_and_top1_against_exact() {
     let bar = read_json(&fixture("real/fast_path_llamacpp.json"));
     let lc_kl = bar["kl_mean_llama_cpp"].as_f64().unwrap();
     let lc_top1 = bar["top1_llama_cpp"].as_f64().unwrap();
-    eprintln!(
-        "fast vs exact over {} tokens: mean KL {kl:.6} (llama.cpp {lc_kl:.6}), top-1 {top1:.4} (llama.cpp {lc_top1:.4})",
-        ids.len()
-    );
-    assert!(kl <= 0.005, "mean KL {kl} > 0.005");
-    assert!(
-        top1 >= lc_top1 - 0.015,
-        "top-1 agreement {top1} < llama.cpp's {lc_top1} - 0.015"
-    );
+    for (name, ours) in [("prefill", &prefill[..]), ("decode", &decode[..])] {
+        let (kl, top1) = kl_and_top1(&reference[..ours.len()], ours, vocab);
+        eprintln!(
+            "fast {name} vs exact over {} tokens: mean KL {kl:.6} (llama.cpp {lc_kl:.6}), top-1 {top1:.4} (llama.cpp {lc_top1:.4})",
+            ours.len() / vocab
+        );
+        assert!(kl <= 0.005, "{name}: mean KL {kl} > 0.005");
+        assert!(
+            top1 >= lc_top1 - 0.015,
+            "{name}: top-1 agreement {top1} < llama.cpp's {lc_top1} - 0.015"
+        );
+    }
 }
 
 fn log_softmax(x: &[f32]) -> Vec<f64> {
