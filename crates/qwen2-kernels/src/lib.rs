@@ -16,6 +16,7 @@
 mod error;
 mod gemm;
 mod isa;
+mod kquant;
 mod matmul;
 mod scalar;
 mod types;
@@ -47,8 +48,9 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), K
 
 /// Quantize `src.len()` values into `ty` blocks in `dst` with ggml's reference (`*_ref`) algorithm.
 ///
-/// Supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q8_K. K-quant weight formats
-/// (Q2_K..Q6_K) need ggml's iterative scale search and are not implemented.
+/// Supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q8_K,
+/// and the k-quant weight formats Q2_K..Q6_K (ggml's scale searches without an importance
+/// matrix, as `llama-quantize` does without `--imatrix`).
 pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), KernelError> {
     let need = ty.row_bytes(src.len())?;
     if dst.len() != need {

@@ -3,6 +3,7 @@
 //! tested against. Callers (the crate's API layer) have already validated lengths; slices are
 //! walked with `chunks_exact`, so short inputs only produce fewer blocks, never UB.
 
+use crate::kquant;
 use crate::types::{GgmlType, QK, QK_K};
 use half::{bf16, f16};
 
@@ -57,7 +58,7 @@ pub(crate) fn q3k_scales(s: &[u8]) -> [i8; 16] {
 
 /// ggml's `nearest_int`: round half to even via the 1.5*2^23 trick (valid for |x| < 2^22).
 #[inline(always)]
-fn nearest_int(fval: f32) -> i32 {
+pub(crate) fn nearest_int(fval: f32) -> i32 {
     let val = fval + 12582912.0;
     let i = val.to_bits() as i32;
     (i & 0x007fffff) - 0x00400000
@@ -270,6 +271,11 @@ pub(crate) fn can_quantize(ty: GgmlType) -> bool {
             | GgmlType::Q8_0
             | GgmlType::Q8_1
             | GgmlType::Q8K
+            | GgmlType::Q2K
+            | GgmlType::Q3K
+            | GgmlType::Q4K
+            | GgmlType::Q5K
+            | GgmlType::Q6K
     )
 }
 
@@ -411,7 +417,11 @@ pub(crate) fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
             }
             b[4..8].copy_from_slice(&qh.to_le_bytes());
         }),
-        GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => {}
+        GgmlType::Q2K => blocks.for_each(|(x, b)| kquant::quantize_q2k_block(x, b)),
+        GgmlType::Q3K => blocks.for_each(|(x, b)| kquant::quantize_q3k_block(x, b)),
+        GgmlType::Q4K => blocks.for_each(|(x, b)| kquant::quantize_q4k_block(x, b)),
+        GgmlType::Q5K => blocks.for_each(|(x, b)| kquant::quantize_q5k_block(x, b)),
+        GgmlType::Q6K => blocks.for_each(|(x, b)| kquant::quantize_q6k_block(x, b)),
     }
 }
 

@@ -70,3 +70,41 @@ fn quantize_matches_gguf_fixtures_bit_exactly() {
         "expected quantization fixtures for F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0"
     );
 }
+
+/// Bytes from llama.cpp's own `quantize_row_*_ref` (scripts/fixtures/quants.py, through the
+/// libggml-base.so bundled with llama-cpp-python) for one mixed input: every block must match.
+#[test]
+fn quantize_matches_llama_cpp_bytes() {
+    let src = f32s(&fixture("kq_src.f32"));
+    let types = [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q2K,
+        GgmlType::Q3K,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+    ];
+    let mut failures = Vec::new();
+    for ty in types {
+        let expected = fixture(&format!("{}.kq_expected.bin", ty.name()));
+        let mut got = vec![0u8; ty.row_bytes(src.len()).unwrap()];
+        quantize_row(ty, &src, &mut got).unwrap();
+        assert_eq!(got.len(), expected.len(), "{ty}");
+        let ts = ty.type_size();
+        let bad: Vec<usize> = got
+            .chunks(ts)
+            .zip(expected.chunks(ts))
+            .enumerate()
+            .filter(|(_, (g, e))| g != e)
+            .map(|(i, _)| i)
+            .collect();
+        if !bad.is_empty() {
+            failures.push(format!("{ty}: blocks {bad:?} differ"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -352,9 +352,15 @@ fn errors_not_panics() {
     assert!(dequantize_row(GgmlType::Q8_0, &[0u8; 33], &mut out).is_err());
     assert!(dequantize_row(GgmlType::Q8_0, &[0u8; 34], &mut out[..31]).is_err());
     assert!(quantize_row(GgmlType::Q8_0, &out, &mut [0u8; 35]).is_err());
+    // k-quants quantize now (ggml's _ref algorithms); a wrong-size buffer is still an error.
+    assert!(quantize_row(GgmlType::Q4K, &[0.0; 256], &mut [0u8; 144]).is_ok());
     assert!(matches!(
-        quantize_row(GgmlType::Q4K, &[0.0; 256], &mut [0u8; 144]),
-        Err(KernelError::QuantizeUnsupported { .. })
+        quantize_row(GgmlType::Q4K, &[0.0; 256], &mut [0u8; 143]),
+        Err(KernelError::BufferSize { .. })
+    ));
+    assert!(matches!(
+        quantize_row(GgmlType::Q6K, &[0.0; 250], &mut [0u8; 210]),
+        Err(KernelError::NotBlockMultiple { .. })
     ));
     assert!(vec_dot(GgmlType::Q8_0, 32, &[0u8; 34], &[0u8; 33]).is_err());
     assert!(vec_dot(GgmlType::Q8_0, 32, &[0u8; 30], &[0u8; 34]).is_err());
