@@ -7,8 +7,24 @@ use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 
 /// The architectures this engine runs, as HF `model_type` / GGUF `general.architecture`.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["qwen2"];
-pub const SUPPORTED_GGUF_ARCHS: &[&str] = &["qwen2"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["qwen2", "qwen2_moe"];
+pub const SUPPORTED_GGUF_ARCHS: &[&str] = &["qwen2", "qwen2moe"];
+
+/// Qwen2-MoE's sparse block (transformers' `Qwen2MoeSparseMoeBlock`): a softmax router over
+/// `num_experts`, the top `num_experts_per_tok` SwiGLU experts, plus one shared expert scaled
+/// by `sigmoid(shared_expert_gate(x))`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeConfig {
+    pub num_experts: usize,
+    pub num_experts_per_tok: usize,
+    pub moe_intermediate_size: usize,
+    pub shared_expert_intermediate_size: usize,
+    /// Renormalise the top-k router probabilities to sum to 1 (false for Qwen1.5-MoE and
+    /// Qwen2-57B-A14B).
+    pub norm_topk_prob: bool,
+    /// Per layer: the sparse block (true) or a dense MLP of `intermediate_size` (false).
+    pub sparse_layers: Vec<bool>,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
@@ -52,6 +68,8 @@ pub struct Config {
     pub sliding_window: Vec<Option<usize>>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    /// `Some` for Qwen2-MoE (`qwen2_moe` / GGUF `qwen2moe`).
+    pub moe: Option<MoeConfig>,
 }
 
 fn field<'a>(j: &'a Json, key: &str) -> Option<&'a Json> {
@@ -203,6 +221,113 @@ fn rope_scaling_from_json(
     })
 }
 
+/// The Qwen2-MoE fields of config.json, with Qwen2MoeConfig's defaults (Qwen1.5-MoE-A2.7B).
+fn moe_from_json(j: &Json, num_hidden_layers: usize) -> Result<MoeConfig> {
+    if opt_bool(j, "qkv_bias")? == Some(false) {
+        return Err(Error::Config(
+            "config.json: qkv_bias = false is not supported (Qwen2 attention has q/k/v biases)"
+                .into(),
+        ));
+    }
+    let num_experts = opt_usize(j, "num_experts")?.unwrap_or(60);
+    let step = opt_usize(j, "decoder_sparse_step")?.unwrap_or(1);
+    if step == 0 {
+        return Err(Error::Config(
+            "config.json: `decoder_sparse_step` must be positive".into(),
+        ));
+    }
+    let mlp_only: Vec<usize> = match field(j, "mlp_only_layers") {
+        None => Vec::new(),
+        Some(v) => v
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .map(|x| x.as_u64().map(|x| x as usize))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "config.json: `mlp_only_layers` must be a list of layer indices, found {v}"
+                ))
+            })?,
+    };
+    // Qwen2MoeDecoderLayer: sparse unless listed in mlp_only_layers, every
+    // `decoder_sparse_step`-th layer (1-based), and only when there are experts.
+    let sparse_layers = (0..num_hidden_layers)
+        .map(|i| !mlp_only.contains(&i) && num_experts > 0 && (i + 1) % step == 0)
+        .collect();
+    Ok(MoeConfig {
+        num_experts,
+        num_experts_per_tok: opt_usize(j, "num_experts_per_tok")?.unwrap_or(4),
+        moe_intermediate_size: opt_usize(j, "moe_intermediate_size")?.unwrap_or(1408),
+        shared_expert_intermediate_size: opt_usize(j, "shared_expert_intermediate_size")?
+            .unwrap_or(5632),
+        norm_topk_prob: opt_bool(j, "norm_topk_prob")?.unwrap_or(false),
+        sparse_layers,
+    })
+}
+
+/// The `qwen2moe.*` keys llama.cpp writes (`expert_count`, `expert_used_count`,
+/// `expert_feed_forward_length`, `expert_shared_feed_forward_length`, `expert_weights_norm`),
+/// with llama.cpp's fallbacks for files converted before the last two existed. A layer is
+/// sparse when its router `blk.N.ffn_gate_inp.weight` is present.
+fn moe_from_gguf(g: &GgufFile, arch: &str, layers: usize, ff: usize) -> Result<MoeConfig> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let positive = |k: &str| -> Result<usize> {
+        g.get_u64(&key(k))
+            .filter(|&v| v > 0)
+            .map(|v| v as usize)
+            .ok_or_else(|| Error::Gguf {
+                path: g.path.clone(),
+                msg: format!("metadata `{}` is missing or not a positive integer", key(k)),
+            })
+    };
+    let num_experts = positive("expert_count")?;
+    let used = positive("expert_used_count")?;
+    let moe_ff = match g.get_u64(&key("expert_feed_forward_length")) {
+        Some(v) if v > 0 => v as usize,
+        _ => ff / used,
+    };
+    let shared_ff = match g.get_u64(&key("expert_shared_feed_forward_length")) {
+        Some(v) if v > 0 => v as usize,
+        _ => ff,
+    };
+    Ok(MoeConfig {
+        num_experts,
+        num_experts_per_tok: used,
+        moe_intermediate_size: moe_ff,
+        shared_expert_intermediate_size: shared_ff,
+        norm_topk_prob: g.get_bool(&key("expert_weights_norm")).unwrap_or(false),
+        sparse_layers: (0..layers)
+            .map(|i| {
+                g.tensors
+                    .contains_key(&format!("blk.{i}.ffn_gate_inp.weight"))
+            })
+            .collect(),
+    })
+}
+
+impl MoeConfig {
+    fn validate(&self) -> Result<()> {
+        if !self.sparse_layers.iter().any(|s| *s) {
+            return Ok(());
+        }
+        if self.num_experts_per_tok == 0 || self.num_experts_per_tok > self.num_experts {
+            return Err(Error::Config(format!(
+                "num_experts_per_tok ({}) must be between 1 and num_experts ({})",
+                self.num_experts_per_tok, self.num_experts
+            )));
+        }
+        if self.moe_intermediate_size == 0 || self.shared_expert_intermediate_size == 0 {
+            return Err(Error::Config(format!(
+                "moe_intermediate_size ({}) and shared_expert_intermediate_size ({}) must be positive",
+                self.moe_intermediate_size, self.shared_expert_intermediate_size
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// YaRN's attention-scale rule (transformers' `get_mscale`): `0.1 * mscale * ln(s) + 1` for
 /// `s > 1`, else 1.
 pub fn yarn_mscale(scale: f64, mscale: f64) -> f64 {
@@ -242,6 +367,7 @@ impl Config {
                 supported: SUPPORTED_MODEL_TYPES.join(", "),
             });
         }
+        let is_moe = model_type == "qwen2_moe";
         let hidden_size = req_usize(&j, "hidden_size")?;
         let num_attention_heads = req_usize(&j, "num_attention_heads")?;
         let num_key_value_heads =
@@ -309,8 +435,17 @@ impl Config {
                 .collect::<Result<Vec<_>>>()?
         } else if let Some(w) = window {
             let from = opt_usize(&j, "max_window_layers")?.unwrap_or(28);
+            // Qwen2MoeConfig's rule differs from Qwen2Config's: every other layer below
+            // `max_window_layers` slides.
             (0..num_hidden_layers)
-                .map(|i| (i >= from).then_some(w))
+                .map(|i| {
+                    let slides = if is_moe {
+                        i % 2 == 0 && i < from
+                    } else {
+                        i >= from
+                    };
+                    slides.then_some(w)
+                })
                 .collect()
         } else {
             vec![None; num_hidden_layers]
@@ -324,10 +459,19 @@ impl Config {
             }
         }
 
+        let (moe, intermediate_size) = if is_moe {
+            (
+                Some(moe_from_json(&j, num_hidden_layers)?),
+                // Qwen2MoeConfig's default.
+                opt_usize(&j, "intermediate_size")?.unwrap_or(5632),
+            )
+        } else {
+            (None, req_usize(&j, "intermediate_size")?)
+        };
         let cfg = Config {
             vocab_size: req_usize(&j, "vocab_size")?,
             hidden_size,
-            intermediate_size: req_usize(&j, "intermediate_size")?,
+            intermediate_size,
             num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
@@ -340,6 +484,7 @@ impl Config {
             sliding_window,
             bos_token_id: opt_usize(&j, "bos_token_id")?.map(|x| x as u32),
             eos_token_ids: token_ids(field(&j, "eos_token_id")),
+            moe,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -370,6 +515,15 @@ impl Config {
         let hidden_size = req("embedding_length")?;
         let num_attention_heads = req("attention.head_count")?;
         let num_hidden_layers = req("block_count")?;
+        let (moe, intermediate_size) = if arch == "qwen2moe" {
+            // A MoE file whose layers are all sparse needs no dense width.
+            let ff = g
+                .get_u64(&format!("{arch}.feed_forward_length"))
+                .unwrap_or(0) as usize;
+            (Some(moe_from_gguf(g, arch, num_hidden_layers, ff)?), ff)
+        } else {
+            (None, req("feed_forward_length")?)
+        };
         let num_key_value_heads = req("attention.head_count_kv").unwrap_or(num_attention_heads);
         let head_dim = g
             .get_u64(&format!("{arch}.attention.key_length"))
@@ -443,7 +597,7 @@ impl Config {
         let cfg = Config {
             vocab_size,
             hidden_size,
-            intermediate_size: req("feed_forward_length")?,
+            intermediate_size,
             num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
@@ -464,6 +618,7 @@ impl Config {
                 .get_u64("tokenizer.ggml.eos_token_id")
                 .map(|v| vec![v as u32])
                 .unwrap_or_default(),
+            moe,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -492,7 +647,26 @@ impl Config {
                 self.rms_norm_eps, self.rope_theta
             )));
         }
+        let dense_layers = match &self.moe {
+            None => self.num_hidden_layers,
+            Some(m) => {
+                m.validate()?;
+                m.sparse_layers.iter().filter(|s| !**s).count()
+            }
+        };
+        if dense_layers > 0 && self.intermediate_size == 0 {
+            return Err(Error::Config(format!(
+                "{dense_layers} layer(s) have a dense MLP but intermediate_size is 0"
+            )));
+        }
         Ok(())
+    }
+
+    /// Whether layer `i` has the sparse MoE block.
+    pub fn is_sparse_layer(&self, i: usize) -> bool {
+        self.moe
+            .as_ref()
+            .is_some_and(|m| m.sparse_layers.get(i).copied().unwrap_or(false))
     }
 
     pub fn q_dim(&self) -> usize {
@@ -548,6 +722,71 @@ mod tests {
         assert_eq!(c.sliding_window[21], Some(32768));
     }
 
+    /// Qwen/Qwen2-57B-A14B-Instruct's config.json (transformers 4.x form).
+    const MOE_57B: &str = r#"{"architectures":["Qwen2MoeForCausalLM"],"attention_dropout":0.0,
+      "bos_token_id":151643,"decoder_sparse_step":1,"eos_token_id":151645,"hidden_act":"silu",
+      "hidden_size":3584,"initializer_range":0.02,"intermediate_size":18944,
+      "max_position_embeddings":32768,"max_window_layers":28,"model_type":"qwen2_moe",
+      "moe_intermediate_size":2560,"norm_topk_prob":false,"num_attention_heads":28,
+      "num_experts":64,"num_experts_per_tok":8,"num_hidden_layers":28,"num_key_value_heads":4,
+      "output_router_logits":false,"rms_norm_eps":1e-06,"rope_theta":1000000.0,
+      "router_aux_loss_coef":0.001,"shared_expert_intermediate_size":20480,
+      "sliding_window":65536,"tie_word_embeddings":false,"torch_dtype":"bfloat16",
+      "use_cache":true,"use_sliding_window":false,"vocab_size":151936}"#;
+
+    #[test]
+    fn parses_qwen2_moe() {
+        let c = Config::from_json_str(MOE_57B).unwrap();
+        let m = c.moe.as_ref().unwrap();
+        assert_eq!((m.num_experts, m.num_experts_per_tok), (64, 8));
+        assert_eq!(
+            (m.moe_intermediate_size, m.shared_expert_intermediate_size),
+            (2560, 20480)
+        );
+        assert!(!m.norm_topk_prob);
+        assert_eq!(m.sparse_layers, vec![true; 28]);
+        assert_eq!(c.intermediate_size, 18944);
+        assert!(c.sliding_window.iter().all(Option::is_none));
+
+        // decoder_sparse_step and mlp_only_layers, as Qwen2MoeDecoderLayer decides.
+        let t = MOE_57B
+            .replace(r#""decoder_sparse_step":1"#, r#""decoder_sparse_step":3"#)
+            .replace(
+                r#""num_hidden_layers":28"#,
+                r#""num_hidden_layers":7,"mlp_only_layers":[5]"#,
+            );
+        let c = Config::from_json_str(&t).unwrap();
+        let sparse = &c.moe.as_ref().unwrap().sparse_layers;
+        assert_eq!(sparse, &[false, false, true, false, false, false, false]);
+        assert!(c.is_sparse_layer(2) && !c.is_sparse_layer(5));
+
+        // Qwen2MoeConfig's sliding rule: even layers below max_window_layers.
+        let t = MOE_57B
+            .replace(
+                r#""use_sliding_window":false"#,
+                r#""use_sliding_window":true"#,
+            )
+            .replace(r#""max_window_layers":28"#, r#""max_window_layers":4"#);
+        let c = Config::from_json_str(&t).unwrap();
+        assert_eq!(
+            &c.sliding_window[..6],
+            &[Some(65536), None, Some(65536), None, None, None]
+        );
+
+        let e = Config::from_json_str(
+            &MOE_57B.replace(r#""num_experts_per_tok":8"#, r#""num_experts_per_tok":65"#),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("num_experts_per_tok (65)"), "{e}");
+        let e = Config::from_json_str(
+            &MOE_57B.replace(r#""hidden_act""#, r#""qkv_bias":false,"hidden_act""#),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("qkv_bias"), "{e}");
+    }
+
     #[test]
     fn clear_errors() {
         let e = Config::from_json_str("{not json").unwrap_err().to_string();
@@ -556,7 +795,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("unsupported architecture") && e.contains("qwen2"),
+            e.contains("unsupported architecture") && e.contains("qwen2, qwen2_moe"),
             "{e}"
         );
         let e = Config::from_json_str(&V4.replace("\"hidden_size\":896,", ""))

@@ -112,6 +112,55 @@ impl Tensor {
         Ok(out)
     }
 
+    /// Rows `[row0, row0 + rows)` of matrix `index` of a 3-D tensor `[n, r, cols]`, as a
+    /// `[rows, cols]` tensor sharing this one's mapped bytes (a stacked expert: no copy, and only
+    /// the bytes of the experts a token picks are ever touched).
+    pub fn sub_matrix(
+        &self,
+        name: impl Into<String>,
+        index: usize,
+        row0: usize,
+        rows: usize,
+    ) -> Result<Tensor> {
+        let name = name.into();
+        let &[n, r, cols] = self.shape.as_slice() else {
+            return Err(Error::Invalid(format!(
+                "`{}` has shape {:?}, expected 3 dimensions [n, rows, cols]",
+                self.name, self.shape
+            )));
+        };
+        if index >= n || row0 + rows > r {
+            return Err(Error::Invalid(format!(
+                "matrix {index} rows {row0}..{} of `{}` requested, its shape is {:?}",
+                row0 + rows,
+                self.name,
+                self.shape
+            )));
+        }
+        let row_bytes = self.ty.row_bytes(cols)?;
+        let off = (index * r + row0) * row_bytes;
+        let len = rows * row_bytes;
+        let data = match &self.data {
+            Data::Gguf { file, start, .. } => Data::Gguf {
+                file: file.clone(),
+                start: start + off,
+                len,
+            },
+            Data::Mapped { map, start, .. } => Data::Mapped {
+                map: map.clone(),
+                start: start + off,
+                len,
+            },
+            Data::Owned(v) => Data::Owned(Arc::new(v[off..off + len].to_vec())),
+        };
+        Ok(Tensor {
+            name,
+            ty: self.ty,
+            shape: vec![rows, cols],
+            data,
+        })
+    }
+
     /// The same tensor converted to f32 (the reference path).
     pub fn to_f32(&self) -> Result<Tensor> {
         if self.ty == GgmlType::F32 {
@@ -150,6 +199,13 @@ pub fn gguf_name(hf: &str) -> Option<String> {
         "mlp.gate_proj" => "ffn_gate",
         "mlp.up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
+        // Qwen2-MoE: router, shared expert and its gate. The routed experts are stacked in
+        // GGUF (`ffn_{gate,up,down}_exps`), see `WeightSource::expert`.
+        "mlp.gate" => "ffn_gate_inp",
+        "mlp.shared_expert.gate_proj" => "ffn_gate_shexp",
+        "mlp.shared_expert.up_proj" => "ffn_up_shexp",
+        "mlp.shared_expert.down_proj" => "ffn_down_shexp",
+        "mlp.shared_expert_gate" => "ffn_gate_inp_shexp",
         _ => return None,
     };
     Some(format!("blk.{layer}.{g}.{kind}"))
@@ -262,14 +318,82 @@ impl WeightSource {
                     hint: format!(" in the safetensors of {}", dir.display()),
                 })?,
         };
-        if t.shape != shape {
-            return Err(Error::ShapeMismatch {
-                name: hf_name.into(),
-                expected: shape.to_vec(),
-                found: t.shape.clone(),
+        // A `[1, n]` weight (Qwen2-MoE's shared_expert_gate) may be stored 1-D, as llama.cpp does.
+        if shape.len() == 2 && shape[0] == 1 && t.shape == shape[1..] {
+            return Ok(Tensor {
+                shape: shape.to_vec(),
+                ..t
             });
         }
+        check_shape(hf_name, &t, shape)?;
         Ok(t)
+    }
+
+    /// Routed expert `e` of layer `layer`: its `proj` ("gate_proj", "up_proj" or "down_proj")
+    /// as an `[out, inp]` view, from whichever layout the file has:
+    /// - the hub's per-expert `model.layers.N.mlp.experts.E.{proj}.weight` (what
+    ///   transformers' `save_pretrained` writes, 4.x and 5.x alike);
+    /// - transformers 5's in-memory fused `mlp.experts.gate_up_proj` `[n, 2·I, H]` (gate rows
+    ///   first) and `mlp.experts.down_proj` `[n, H, I]`;
+    /// - GGUF's stacked `blk.N.ffn_{gate,up,down}_exps.weight` `[n, out, inp]`.
+    pub fn expert(
+        &self,
+        layer: usize,
+        e: usize,
+        n_experts: usize,
+        proj: &str,
+        out: usize,
+        inp: usize,
+    ) -> Result<Tensor> {
+        let pre = format!("model.layers.{layer}.mlp.experts");
+        let hf = format!("{pre}.{e}.{proj}.weight");
+        let short = proj.trim_end_matches("_proj");
+        match self {
+            WeightSource::Gguf(g) => {
+                let gname = format!("blk.{layer}.ffn_{short}_exps.weight");
+                let info = g.tensors.get(&gname).ok_or_else(|| Error::MissingTensor {
+                    name: gname.clone(),
+                    hint: format!(
+                        " (the stacked `{proj}` of the {n_experts} experts of layer {layer}) in {}",
+                        g.path.display()
+                    ),
+                })?;
+                let (start, len) = g.tensor_range(info);
+                let stacked = Tensor {
+                    name: gname.clone(),
+                    ty: info.ty,
+                    shape: info.shape(),
+                    data: Data::Gguf {
+                        file: g.clone(),
+                        start,
+                        len,
+                    },
+                };
+                check_shape(&gname, &stacked, &[n_experts, out, inp])?;
+                stacked.sub_matrix(hf, e, 0, out)
+            }
+            WeightSource::Safetensors { dir, tensors } => {
+                if let Some(t) = tensors.get(&hf) {
+                    check_shape(&hf, t, &[out, inp])?;
+                    return Ok(t.clone());
+                }
+                let (fused, rows, row0) = match proj {
+                    "gate_proj" => (format!("{pre}.gate_up_proj"), 2 * out, 0),
+                    "up_proj" => (format!("{pre}.gate_up_proj"), 2 * out, out),
+                    _ => (format!("{pre}.{proj}"), out, 0),
+                };
+                let t = tensors.get(&fused).ok_or_else(|| Error::MissingTensor {
+                    name: hf.clone(),
+                    hint: format!(
+                        " (nor the fused `{fused}` of transformers 5) in the safetensors of {}: \
+                         layer {layer} needs all {n_experts} experts",
+                        dir.display()
+                    ),
+                })?;
+                check_shape(&fused, t, &[n_experts, rows, inp])?;
+                t.sub_matrix(hf, e, row0, out)
+            }
+        }
     }
 
     /// Every tensor name, in HF naming where known.
@@ -279,6 +403,17 @@ impl WeightSource {
             WeightSource::Safetensors { tensors, .. } => tensors.keys().cloned().collect(),
         }
     }
+}
+
+fn check_shape(name: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
+    if t.shape != shape {
+        return Err(Error::ShapeMismatch {
+            name: name.into(),
+            expected: shape.to_vec(),
+            found: t.shape.clone(),
+        });
+    }
+    Ok(())
 }
 
 fn load_safetensors_file(path: &Path, out: &mut BTreeMap<String, Tensor>) -> Result<()> {
@@ -348,6 +483,23 @@ mod tests {
         assert_eq!(
             gguf_name("lm_head.weight").as_deref(),
             Some("output.weight")
+        );
+        assert_eq!(
+            gguf_name("model.layers.5.mlp.gate.weight").as_deref(),
+            Some("blk.5.ffn_gate_inp.weight")
+        );
+        assert_eq!(
+            gguf_name("model.layers.5.mlp.shared_expert.down_proj.weight").as_deref(),
+            Some("blk.5.ffn_down_shexp.weight")
+        );
+        assert_eq!(
+            gguf_name("model.layers.5.mlp.shared_expert_gate.weight").as_deref(),
+            Some("blk.5.ffn_gate_inp_shexp.weight")
+        );
+        // Routed experts are stacked in GGUF: `WeightSource::expert` addresses them.
+        assert_eq!(
+            gguf_name("model.layers.5.mlp.experts.3.up_proj.weight"),
+            None
         );
         assert_eq!(gguf_name("model.layers.x.mlp.up_proj.weight"), None);
         assert_eq!(gguf_name("model.layers.1.mlp.foo.weight"), None);
