@@ -73,7 +73,7 @@ pub fn load_tokenizer(path: &Path) -> Result<(Tokenizer, Option<ChatTemplate>)> 
     }
 }
 
-fn gguf_tokenizer(g: &GgufFile) -> Result<Option<Tokenizer>> {
+pub(crate) fn gguf_tokenizer(g: &GgufFile) -> Result<Option<Tokenizer>> {
     let Some(model) = g.get_str("tokenizer.ggml.model") else {
         return Ok(None);
     };
@@ -172,7 +172,7 @@ fn load_gguf(path: &Path, precision: Precision) -> Result<LoadedModel> {
 
 /// GGUF files carry no generation_config.json. For Qwen2.5 instruct models use the values
 /// their published generation_config.json sets; base models decode greedily, as theirs do.
-fn gguf_sampling_defaults(name: &str, chat: bool) -> SamplingParams {
+pub(crate) fn gguf_sampling_defaults(name: &str, chat: bool) -> SamplingParams {
     let lower = name.to_lowercase();
     if chat && lower.contains("instruct") {
         SamplingParams {
