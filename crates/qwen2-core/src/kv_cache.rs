@@ -198,6 +198,27 @@ impl KvCache {
         }
     }
 
+    /// A new cache (same context limit and type) holding a copy of the first `len` tokens:
+    /// prefix caching, where another sequence that starts with the same tokens goes on from
+    /// there.
+    pub fn clone_prefix(&self, len: usize) -> KvCache {
+        let len = len.min(self.len);
+        let n = len * self.kv_dim;
+        let cut = |b: &Buf| match b {
+            Buf::F32(v) => Buf::F32(v[..n].to_vec()),
+            Buf::F16(v) => Buf::F16(v[..n].to_vec()),
+        };
+        KvCache {
+            k: self.k.iter().map(cut).collect(),
+            v: self.v.iter().map(cut).collect(),
+            kv_dim: self.kv_dim,
+            len,
+            ctx: self.ctx,
+            dtype: self.dtype,
+            rope_len: self.rope_len,
+        }
+    }
+
     /// Empty the cache for a new sequence (this also resets dynamic-NTK rope state).
     pub fn clear(&mut self) {
         self.truncate(0);

@@ -10,6 +10,7 @@ use qwen2_kernels::matmul;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::kv_cache::{KvCache, KvDtype, KvView};
+use crate::moe::SparseMoe;
 use crate::ops::{self, Rope};
 use crate::weights::{Tensor, WeightSource};
 
@@ -36,13 +37,13 @@ pub enum Logits {
     None,
 }
 
-struct Linear {
+pub(crate) struct Linear {
     w: Tensor,
     b: Option<Vec<f32>>,
 }
 
 impl Linear {
-    fn load(
+    pub(crate) fn load(
         src: &WeightSource,
         name: &str,
         out: usize,
@@ -60,7 +61,7 @@ impl Linear {
     }
 
     /// `out[t] = W x[t] + b` for `n` rows of `x`.
-    fn forward(&self, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
+    pub(crate) fn forward(&self, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
         matmul(&self.w.as_mat()?, x, n, out)?;
         if let Some(b) = &self.b {
             for row in out.chunks_exact_mut(b.len()) {
@@ -73,11 +74,21 @@ impl Linear {
     }
 }
 
-fn convert(t: Tensor, p: Precision) -> Result<Tensor> {
+pub(crate) fn convert(t: Tensor, p: Precision) -> Result<Tensor> {
     match p {
         Precision::Fast => Ok(t),
         Precision::Exact => t.to_f32(),
     }
+}
+
+/// A layer's feed-forward block: the SwiGLU MLP, or Qwen2-MoE's sparse block (`moe.rs`).
+enum Mlp {
+    Dense {
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+    },
+    Sparse(SparseMoe),
 }
 
 struct Layer {
@@ -87,9 +98,7 @@ struct Layer {
     v: Linear,
     o: Linear,
     ffn_norm: Vec<f32>,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+    mlp: Mlp,
     window: Option<usize>,
 }
 
@@ -128,9 +137,15 @@ impl Qwen2 {
                 v: lin("self_attn.v_proj", cfg.kv_dim(), h, true)?,
                 o: lin("self_attn.o_proj", h, cfg.q_dim(), false)?,
                 ffn_norm: norm("post_attention_layernorm")?,
-                gate: lin("mlp.gate_proj", cfg.intermediate_size, h, false)?,
-                up: lin("mlp.up_proj", cfg.intermediate_size, h, false)?,
-                down: lin("mlp.down_proj", h, cfg.intermediate_size, false)?,
+                mlp: if cfg.is_sparse_layer(i) {
+                    Mlp::Sparse(SparseMoe::load(&cfg, src, i, p)?)
+                } else {
+                    Mlp::Dense {
+                        gate: lin("mlp.gate_proj", cfg.intermediate_size, h, false)?,
+                        up: lin("mlp.up_proj", cfg.intermediate_size, h, false)?,
+                        down: lin("mlp.down_proj", h, cfg.intermediate_size, false)?,
+                    }
+                },
                 window: cfg.sliding_window[i],
             });
         }
@@ -229,6 +244,73 @@ impl Qwen2 {
         which: Logits,
         mut hook: Option<&mut HookFn<'_>>,
     ) -> Result<Vec<f32>> {
+        self.check_input(tokens, cache)?;
+        let (dyn_rope, rope_state) = self.rope_for(cache, cache.len() + tokens.len());
+        let rope = dyn_rope.as_ref().unwrap_or(&self.rope);
+        let mut logits = Vec::new();
+        let n_chunks = tokens.len().div_ceil(MAX_CHUNK);
+        for (ci, chunk) in tokens.chunks(MAX_CHUNK).enumerate() {
+            let out_rows = match which {
+                Logits::All => chunk.len(),
+                Logits::Last if ci + 1 == n_chunks => 1,
+                _ => 0,
+            };
+            let mut segs = [Seg {
+                tokens: chunk,
+                cache: &mut *cache,
+                rope,
+                out_rows,
+            }];
+            for part in self.run_batch(&mut segs, hook.as_deref_mut())? {
+                let part = part?;
+                if logits.is_empty() {
+                    logits = part;
+                } else {
+                    logits.extend_from_slice(&part);
+                }
+            }
+        }
+        cache.rope_len = rope_state;
+        Ok(logits)
+    }
+
+    /// Several sequences in one pass: every linear layer runs once over the rows of all of
+    /// them (the weights are read once per step for the whole batch), while RoPE, the KV
+    /// writes and attention run per sequence at its own position in its own cache. Each
+    /// sequence gets its logits as its `logits` asks, or its own error (non-finite logits);
+    /// the outer error (bad input, a kernel error) fails the whole batch and leaves every
+    /// cache as it was. The caller bounds the total rows (no chunking here).
+    pub fn forward_batch(&self, seqs: &mut [BatchSeq<'_>]) -> Result<Vec<Result<Vec<f32>>>> {
+        for s in seqs.iter() {
+            self.check_input(s.tokens, s.cache)?;
+        }
+        let ropes: Vec<(Option<Rope>, usize)> = seqs
+            .iter()
+            .map(|s| self.rope_for(s.cache, s.cache.len() + s.tokens.len()))
+            .collect();
+        let mut segs: Vec<Seg<'_>> = seqs
+            .iter_mut()
+            .zip(&ropes)
+            .map(|(s, (dyn_rope, _))| Seg {
+                tokens: s.tokens,
+                out_rows: match s.logits {
+                    Logits::All => s.tokens.len(),
+                    Logits::Last => 1,
+                    Logits::None => 0,
+                },
+                cache: &mut *s.cache,
+                rope: dyn_rope.as_ref().unwrap_or(&self.rope),
+            })
+            .collect();
+        let out = self.run_batch(&mut segs, None)?;
+        drop(segs);
+        for (s, (_, state)) in seqs.iter_mut().zip(&ropes) {
+            s.cache.rope_len = *state;
+        }
+        Ok(out)
+    }
+
+    fn check_input(&self, tokens: &[u32], cache: &KvCache) -> Result<()> {
         if tokens.is_empty() {
             return Err(Error::EmptyPrompt);
         }
@@ -241,68 +323,87 @@ impl Qwen2 {
                 });
             }
         }
-        let vocab = self.cfg.vocab_size;
-        let (dyn_rope, rope_state) = self.rope_for(cache, cache.len() + tokens.len());
-        let rope = dyn_rope.as_ref().unwrap_or(&self.rope);
-        let mut logits = Vec::new();
-        let n_chunks = tokens.len().div_ceil(MAX_CHUNK);
-        for (ci, chunk) in tokens.chunks(MAX_CHUNK).enumerate() {
-            let last_chunk = ci + 1 == n_chunks;
-            let rows = match which {
-                Logits::All => chunk.len(),
-                Logits::Last if last_chunk => 1,
-                _ => 0,
-            };
-            let x = match self.forward_chunk(chunk, cache, rope, hook.as_deref_mut()) {
-                Ok(x) => x,
-                Err(e) => {
-                    cache.rollback();
-                    return Err(e);
-                }
-            };
-            if rows > 0 {
-                let h = self.cfg.hidden_size;
-                let n = chunk.len();
-                let xs = &x[(n - rows) * h..];
-                let mut normed = vec![0f32; rows * h];
-                ops::rms_norm(xs, &self.norm, self.cfg.rms_norm_eps as f32, &mut normed);
-                if let Some(hk) = hook.as_deref_mut() {
-                    hk("norm", self.cfg.num_hidden_layers, &normed);
-                }
-                let start = logits.len();
-                logits.resize(start + rows * vocab, 0.0);
-                let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-                matmul(&head.as_mat()?, &normed, rows, &mut logits[start..])?;
-                let pos_base = cache.len() - rows;
-                if let Some(bad) = logits[start..].iter().position(|v| !v.is_finite()) {
-                    return Err(Error::NonFiniteLogits {
-                        pos: pos_base + bad / vocab,
-                    });
-                }
-            }
-        }
-        cache.rope_len = rope_state;
-        Ok(logits)
+        Ok(())
     }
 
-    /// One chunk through every layer; returns the final hidden states `[n, hidden]` (before
-    /// the final norm) and advances the cache.
-    fn forward_chunk(
+    /// The layers over all segments, then the final norm and LM head over just the rows that
+    /// want logits (one matmul for the whole batch), split back per segment.
+    fn run_batch(
         &self,
-        tokens: &[u32],
-        cache: &mut KvCache,
-        rope: &Rope,
+        segs: &mut [Seg<'_>],
+        mut hook: Option<&mut HookFn<'_>>,
+    ) -> Result<Vec<Result<Vec<f32>>>> {
+        let x = match self.forward_rows(segs, hook.as_deref_mut()) {
+            Ok(x) => x,
+            Err(e) => {
+                for s in segs.iter_mut() {
+                    s.cache.rollback();
+                }
+                return Err(e);
+            }
+        };
+        let (h, vocab) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        let rows: usize = segs.iter().map(|s| s.out_rows).sum();
+        if rows == 0 {
+            return Ok(segs.iter().map(|_| Ok(Vec::new())).collect());
+        }
+        let mut picked = Vec::with_capacity(rows * h);
+        let mut r0 = 0;
+        for s in segs.iter() {
+            let n = s.tokens.len();
+            picked.extend_from_slice(&x[(r0 + n - s.out_rows) * h..(r0 + n) * h]);
+            r0 += n;
+        }
+        drop(x);
+        let mut normed = vec![0f32; rows * h];
+        ops::rms_norm(
+            &picked,
+            &self.norm,
+            self.cfg.rms_norm_eps as f32,
+            &mut normed,
+        );
+        if let Some(hk) = hook {
+            hk("norm", self.cfg.num_hidden_layers, &normed);
+        }
+        let mut logits = vec![0f32; rows * vocab];
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        matmul(&head.as_mat()?, &normed, rows, &mut logits)?;
+
+        let finite = |s: &Seg<'_>, part: &[f32]| match part.iter().position(|v| !v.is_finite()) {
+            Some(bad) => Err(Error::NonFiniteLogits {
+                pos: s.cache.len() - s.out_rows + bad / vocab,
+            }),
+            None => Ok(()),
+        };
+        if let [s] = &*segs {
+            // One sequence (plain `forward`): hand over the buffer without a copy.
+            return Ok(vec![finite(s, &logits).map(|()| logits)]);
+        }
+        let mut out = Vec::with_capacity(segs.len());
+        let mut off = 0;
+        for s in segs.iter() {
+            let part = &logits[off * vocab..(off + s.out_rows) * vocab];
+            off += s.out_rows;
+            out.push(finite(s, part).map(|()| part.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The rows of every segment through every layer; returns the final hidden states
+    /// `[rows, hidden]` (before the final norm) and advances every segment's cache.
+    fn forward_rows(
+        &self,
+        segs: &mut [Seg<'_>],
         mut hook: Option<&mut HookFn<'_>>,
     ) -> Result<Vec<f32>> {
         let cfg = &self.cfg;
-        let n = tokens.len();
+        let n: usize = segs.iter().map(|s| s.tokens.len()).sum();
         let h = cfg.hidden_size;
         let (qd, kvd, ff) = (cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
         let eps = cfg.rms_norm_eps as f32;
-        let pos0 = cache.len();
 
         let mut x = vec![0f32; n * h];
-        for (t, &id) in tokens.iter().enumerate() {
+        for (t, &id) in segs.iter().flat_map(|s| s.tokens).enumerate() {
             self.embed
                 .row_to_f32(id as usize, &mut x[t * h..(t + 1) * h])?;
         }
@@ -325,21 +426,30 @@ impl Qwen2 {
             layer.q.forward(&normed, n, &mut q)?;
             layer.k.forward(&normed, n, &mut k)?;
             layer.v.forward(&normed, n, &mut v)?;
-            rope.apply(&mut q, cfg.num_attention_heads, pos0);
-            rope.apply(&mut k, cfg.num_key_value_heads, pos0);
-            cache.append(li, &k, &v);
             let (nh, nkv, hd) = (
                 cfg.num_attention_heads,
                 cfg.num_key_value_heads,
                 cfg.head_dim,
             );
-            match cache.layer(li) {
-                KvView::F32(kc, vc) => {
-                    ops::attention(&q, kc, vc, &mut attn, n, pos0, nh, nkv, hd, layer.window)
+            // Per sequence: its rows, at its position, against its own cache.
+            let mut r0 = 0;
+            for s in segs.iter_mut() {
+                let (m, pos0) = (s.tokens.len(), s.cache.len());
+                let q = &mut q[r0 * qd..(r0 + m) * qd];
+                let k = &mut k[r0 * kvd..(r0 + m) * kvd];
+                let attn = &mut attn[r0 * qd..(r0 + m) * qd];
+                s.rope.apply(q, nh, pos0);
+                s.rope.apply(k, nkv, pos0);
+                s.cache.append(li, k, &v[r0 * kvd..(r0 + m) * kvd]);
+                match s.cache.layer(li) {
+                    KvView::F32(kc, vc) => {
+                        ops::attention(q, kc, vc, attn, m, pos0, nh, nkv, hd, layer.window)
+                    }
+                    KvView::F16(kc, vc) => {
+                        ops::attention(q, kc, vc, attn, m, pos0, nh, nkv, hd, layer.window)
+                    }
                 }
-                KvView::F16(kc, vc) => {
-                    ops::attention(&q, kc, vc, &mut attn, n, pos0, nh, nkv, hd, layer.window)
-                }
+                r0 += m;
             }
             layer.o.forward(&attn, n, &mut proj)?;
             for (a, b) in x.iter_mut().zip(&proj) {
@@ -348,10 +458,19 @@ impl Qwen2 {
 
             // MLP block.
             ops::rms_norm(&x, &layer.ffn_norm, eps, &mut normed);
-            layer.gate.forward(&normed, n, &mut gate)?;
-            layer.up.forward(&normed, n, &mut up)?;
-            ops::silu_mul(&mut gate, &up);
-            layer.down.forward(&gate, n, &mut proj)?;
+            match &layer.mlp {
+                Mlp::Dense {
+                    gate: g,
+                    up: u,
+                    down,
+                } => {
+                    g.forward(&normed, n, &mut gate)?;
+                    u.forward(&normed, n, &mut up)?;
+                    ops::silu_mul(&mut gate, &up);
+                    down.forward(&gate, n, &mut proj)?;
+                }
+                Mlp::Sparse(moe) => moe.forward(&normed, n, &mut proj)?,
+            }
             for (a, b) in x.iter_mut().zip(&proj) {
                 *a += b;
             }
@@ -359,7 +478,26 @@ impl Qwen2 {
                 hk("layer_out", li, &x);
             }
         }
-        cache.commit(n);
+        for s in segs.iter_mut() {
+            s.cache.commit(s.tokens.len());
+        }
         Ok(x)
     }
+}
+
+/// One sequence of [`Qwen2::forward_batch`]: its new tokens (one to decode, a chunk of its
+/// prompt to prefill), its own cache, and which of its positions get logits.
+pub struct BatchSeq<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+    pub logits: Logits,
+}
+
+/// A sequence's share of one pass's rows.
+struct Seg<'a> {
+    tokens: &'a [u32],
+    cache: &'a mut KvCache,
+    rope: &'a Rope,
+    /// Logits for this many of its last rows.
+    out_rows: usize,
 }

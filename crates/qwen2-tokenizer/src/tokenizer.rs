@@ -511,7 +511,7 @@ impl Tokenizer {
 
     /// Raw bytes a token contributes to the decoded text, exactly as the ByteLevel decoder computes
     /// them; `None` for unknown ids and for skipped special tokens.
-    pub(crate) fn token_bytes(&self, id: u32, skip_special: bool) -> Option<Vec<u8>> {
+    pub fn token_bytes(&self, id: u32, skip_special: bool) -> Option<Vec<u8>> {
         if skip_special && self.is_special(id) {
             return None;
         }
