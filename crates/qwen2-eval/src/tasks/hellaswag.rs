@@ -1,0 +1,123 @@
+//! HellaSwag, 10-shot, `acc_norm` (lm-eval `tasks/hellaswag/hellaswag.yaml` and `utils.py`):
+//! the query is "activity: context", each ending a continuation; examples come from train.
+
+use std::sync::OnceLock;
+
+use regex::Regex;
+
+use crate::data::HellaswagDoc;
+use crate::tasks::{
+    py_capitalize, sample_fewshot, McItem, Request, FEWSHOT_DELIMITER, TARGET_DELIMITER,
+};
+
+/// lm-eval's `preprocess`: drop WikiHow's bracketed artifacts.
+pub fn preprocess(text: &str) -> String {
+    static BRACKETS: OnceLock<Regex> = OnceLock::new();
+    let re = BRACKETS.get_or_init(|| Regex::new(r"\[.*?\]").expect("constant regex"));
+    let t = text.trim().replace(" [title]", ". ");
+    re.replace_all(&t, "").replace("  ", " ")
+}
+
+/// lm-eval's `process_docs` for one raw row.
+pub fn process_doc(
+    activity: &str,
+    ctx_a: &str,
+    ctx_b: &str,
+    endings: &[String],
+    gold: usize,
+) -> HellaswagDoc {
+    let ctx = format!("{ctx_a} {}", py_capitalize(ctx_b));
+    HellaswagDoc {
+        query: preprocess(&format!("{activity}: {ctx}")),
+        choices: endings.iter().map(|e| preprocess(e)).collect(),
+        gold,
+    }
+}
+
+pub fn context(doc: &HellaswagDoc, shots: &[&HellaswagDoc]) -> String {
+    let mut s = String::new();
+    for ex in shots {
+        s.push_str(&ex.query);
+        s.push_str(TARGET_DELIMITER);
+        s.push_str(&ex.choices[ex.gold]);
+        s.push_str(FEWSHOT_DELIMITER);
+    }
+    s.push_str(&doc.query);
+    s
+}
+
+pub fn items(val: &[HellaswagDoc], train: &[HellaswagDoc], k: usize, seed: u64) -> Vec<McItem> {
+    val.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let shots: Vec<&HellaswagDoc> = sample_fewshot(train.len(), k, seed, i, None)
+                .into_iter()
+                .map(|j| &train[j])
+                .collect();
+            let ctx = context(d, &shots);
+            McItem {
+                id: i.to_string(),
+                requests: d
+                    .choices
+                    .iter()
+                    .map(|c| Request {
+                        context: ctx.clone(),
+                        continuation: format!("{TARGET_DELIMITER}{c}"),
+                    })
+                    .collect(),
+                gold: d.gold,
+                choice_chars: d.choices.iter().map(|c| c.chars().count()).collect(),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preprocessing_matches_lm_eval() {
+        // Row 0 of the validation split, and a WikiHow row with bracket artifacts.
+        let d = process_doc(
+            "Roof shingle removal",
+            "A man is sitting on a roof.",
+            "he",
+            &[
+                "is using wrap to wrap a pair of skis.".into(),
+                "starts pulling up roofing on a roof.".into(),
+            ],
+            1,
+        );
+        assert_eq!(
+            d.query,
+            "Roof shingle removal: A man is sitting on a roof. He"
+        );
+        assert_eq!(
+            preprocess(" Do this [title] Then that [step] ok  "),
+            "Do this. Then that ok"
+        );
+        assert_eq!(preprocess("a [header] b"), "a b");
+    }
+
+    #[test]
+    fn one_shot_prompt() {
+        let ex = HellaswagDoc {
+            query: "Cooking: He cuts onions.".into(),
+            choices: vec!["He cries.".into(), "x".into()],
+            gold: 0,
+        };
+        let d = HellaswagDoc {
+            query: "Roof: A man climbs. He".into(),
+            choices: vec!["falls.".into(), "waves at the crowd.".into()],
+            gold: 1,
+        };
+        assert_eq!(
+            context(&d, &[&ex]),
+            "Cooking: He cuts onions. He cries.\n\nRoof: A man climbs. He"
+        );
+        let it = &items(&[d], &[ex], 1, 1234)[0];
+        assert_eq!(it.requests[1].continuation, " waves at the crowd.");
+        assert_eq!(it.choice_chars, vec![6, 19]);
+    }
+}

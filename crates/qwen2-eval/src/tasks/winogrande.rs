@@ -1,0 +1,124 @@
+//! Winogrande, 5-shot, partial scoring (lm-eval `tasks/winogrande/default.yaml` and
+//! `preprocess_winogrande.py`): the sentence up to the blank, filled with each option, is a
+//! context; the rest of the sentence is the one continuation scored under each.
+
+use crate::data::WinograndeDoc;
+use crate::error::{Error, Result};
+use crate::tasks::{sample_fewshot, McItem, Request, FEWSHOT_DELIMITER, TARGET_DELIMITER};
+
+/// (the two partial contexts, the shared target, the gold index).
+pub fn split(d: &WinograndeDoc) -> Result<([String; 2], String, usize)> {
+    let idx = d.sentence.find('_').ok_or_else(|| {
+        Error::Invalid(format!(
+            "Winogrande sentence without a blank: {}",
+            d.sentence
+        ))
+    })?;
+    let gold = match d.answer.trim() {
+        "1" => 0,
+        "2" => 1,
+        a => {
+            return Err(Error::Invalid(format!(
+                "Winogrande answer `{a}` is not 1 or 2"
+            )))
+        }
+    };
+    let head = &d.sentence[..idx];
+    let target = d.sentence[idx + 1..].trim().to_string();
+    Ok((
+        [
+            format!("{head}{}", d.option1),
+            format!("{head}{}", d.option2),
+        ],
+        target,
+        gold,
+    ))
+}
+
+/// The few-shot prefix: each example's correct context and target.
+pub fn fewshot_prefix(shots: &[&WinograndeDoc]) -> Result<String> {
+    let mut s = String::new();
+    for ex in shots {
+        let (ctx, target, gold) = split(ex)?;
+        s.push_str(&ctx[gold]);
+        s.push_str(TARGET_DELIMITER);
+        s.push_str(&target);
+        s.push_str(FEWSHOT_DELIMITER);
+    }
+    Ok(s)
+}
+
+pub fn items(
+    val: &[WinograndeDoc],
+    train: &[WinograndeDoc],
+    k: usize,
+    seed: u64,
+) -> Result<Vec<McItem>> {
+    val.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let shots: Vec<&WinograndeDoc> = sample_fewshot(train.len(), k, seed, i, None)
+                .into_iter()
+                .map(|j| &train[j])
+                .collect();
+            let prefix = fewshot_prefix(&shots)?;
+            let (ctx, target, gold) = split(d)?;
+            Ok(McItem {
+                id: i.to_string(),
+                requests: ctx
+                    .iter()
+                    .map(|c| Request {
+                        context: format!("{prefix}{c}"),
+                        continuation: format!("{TARGET_DELIMITER}{target}"),
+                    })
+                    .collect(),
+                gold,
+                choice_chars: ctx.iter().map(|c| c.chars().count()).collect(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(s: &str, a: &str, b: &str, ans: &str) -> WinograndeDoc {
+        WinograndeDoc {
+            sentence: s.into(),
+            option1: a.into(),
+            option2: b.into(),
+            answer: ans.into(),
+        }
+    }
+
+    #[test]
+    fn partial_contexts_and_shared_target() {
+        let ex = doc(
+            "The trophy didn't fit in the case because _ was too big.",
+            "the trophy",
+            "the case",
+            "1",
+        );
+        let d = doc(
+            "Sarah was a much better surgeon than Maria so _ always got the easier cases.",
+            "Sarah",
+            "Maria",
+            "2",
+        );
+        let it = &items(&[d], &[ex], 5, 1234).unwrap()[0];
+        let p = "The trophy didn't fit in the case because the trophy was too big.\n\n";
+        assert_eq!(
+            it.requests[0].context,
+            format!("{p}Sarah was a much better surgeon than Maria so Sarah")
+        );
+        assert_eq!(
+            it.requests[1].context,
+            format!("{p}Sarah was a much better surgeon than Maria so Maria")
+        );
+        assert_eq!(it.requests[0].continuation, " always got the easier cases.");
+        assert_eq!(it.gold, 1);
+        assert!(split(&doc("no blank", "a", "b", "1")).is_err());
+        assert!(split(&doc("a _ b", "a", "b", "3")).is_err());
+    }
+}
