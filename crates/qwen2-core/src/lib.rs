@@ -3,14 +3,18 @@
 //! chat templates live in `qwen2-tokenizer`; quantized formats and matmul in `qwen2-kernels`.
 
 pub mod config;
+pub mod convert;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod gguf_write;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;
+pub mod moe;
 pub mod ops;
 pub mod perplexity;
+pub mod quantize;
 pub mod sampling;
 pub mod weights;
 
@@ -19,7 +23,7 @@ pub use error::{Error, Result};
 pub use generate::{generate, FinishReason, GenerateParams, Generation};
 pub use kv_cache::{KvCache, KvDtype};
 pub use loader::{load, LoadedModel};
-pub use model::{Logits, Precision, Qwen2};
+pub use model::{BatchSeq, Logits, Precision, Qwen2};
 pub use sampling::{Sampler, SamplingParams};
 pub use weights::{Tensor, WeightSource};
 
