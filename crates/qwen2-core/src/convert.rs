@@ -8,6 +8,11 @@
 //! HF → GGUF writes the metadata llama.cpp's `convert_hf_to_gguf.py` writes for Qwen2, in its
 //! order; norms and biases in f32, matrices in the chosen type, streamed in row blocks.
 //!
+//! Qwen2-MoE (`qwen2_moe` ⇄ GGUF `qwen2moe`): the hub's per-expert
+//! `mlp.experts.E.{gate,up,down}_proj` (or transformers 5's fused experts) ⇄ llama.cpp's stacked
+//! `ffn_{gate,up,down}_exps` `[n_experts, out, in]`, written one expert after the other; the
+//! router `ffn_gate_inp` stays f32 and the `[1, H]` `shared_expert_gate` is 1-D in the GGUF.
+//!
 //! Q and K need no permutation either way: llama.cpp permutes them only for the `llama`
 //! architecture, and its `qwen2` graph uses the NEOX rotary layout that transformers uses.
 
@@ -202,19 +207,37 @@ pub fn parse_size(s: &str) -> Result<u64> {
     }
 }
 
-/// The converter covers dense Qwen2 (Qwen2, Qwen2.5, Qwen2.5-Coder); Qwen2-MoE checkpoints
-/// load in the engine but have expert tensors this converter does not map.
-fn require_dense(cfg: &Config) -> Result<()> {
-    if cfg.moe.is_some() {
-        return Err(Error::UnsupportedArchitecture {
-            found: "Qwen2-MoE (for convert)".into(),
-            supported: "qwen2 (dense)".into(),
-        });
+/// `model.layers.L.mlp.experts.E.{proj}.weight` → `(L, E, proj)` for a routed expert's matrix.
+pub(crate) fn routed_expert(hf: &str) -> Option<(usize, usize, &str)> {
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once(".mlp.experts.")?;
+    let (e, rest) = rest.split_once('.')?;
+    let proj = rest.strip_suffix(".weight")?;
+    if !matches!(proj, "gate_proj" | "up_proj" | "down_proj") {
+        return None;
     }
-    Ok(())
+    Some((layer.parse().ok()?, e.parse().ok()?, proj))
 }
 
-/// Every tensor of a Qwen2 checkpoint: HF name and HF shape, in transformers' state-dict order.
+/// GGUF name of the stacked `[n_experts, out, inp]` tensor holding every expert's `proj`.
+fn stacked_experts_name(layer: usize, proj: &str) -> String {
+    format!(
+        "blk.{layer}.ffn_{}_exps.weight",
+        proj.trim_end_matches("_proj")
+    )
+}
+
+/// The GGUF architecture (and metadata key prefix) of `cfg`.
+fn gguf_arch(cfg: &Config) -> &'static str {
+    if cfg.moe.is_some() {
+        "qwen2moe"
+    } else {
+        "qwen2"
+    }
+}
+
+/// Every tensor of a Qwen2 or Qwen2-MoE checkpoint: HF name and HF shape (routed experts in the
+/// hub's per-expert layout), in transformers' state-dict order.
 pub fn qwen2_tensors(cfg: &Config, lm_head: bool) -> Vec<(String, Vec<usize>)> {
     let (h, q, kv, ff) = (
         cfg.hidden_size,
@@ -236,13 +259,41 @@ pub fn qwen2_tensors(cfg: &Config, lm_head: bool) -> Vec<(String, Vec<usize>)> {
             ("self_attn.v_proj.weight", vec![kv, h]),
             ("self_attn.v_proj.bias", vec![kv]),
             ("self_attn.o_proj.weight", vec![h, q]),
-            ("mlp.gate_proj.weight", vec![ff, h]),
-            ("mlp.up_proj.weight", vec![ff, h]),
-            ("mlp.down_proj.weight", vec![h, ff]),
-            ("input_layernorm.weight", vec![h]),
-            ("post_attention_layernorm.weight", vec![h]),
         ];
         v.extend(layer.into_iter().map(|(n, s)| (format!("{p}.{n}"), s)));
+        match cfg
+            .moe
+            .as_ref()
+            .filter(|m| m.sparse_layers.get(i) == Some(&true))
+        {
+            // Qwen2MoeSparseMoeBlock, in the hub's per-expert layout.
+            Some(m) => {
+                let (ne, eff, sff) = (
+                    m.num_experts,
+                    m.moe_intermediate_size,
+                    m.shared_expert_intermediate_size,
+                );
+                v.push((format!("{p}.mlp.gate.weight"), vec![ne, h]));
+                for e in 0..ne {
+                    let x = format!("{p}.mlp.experts.{e}");
+                    v.push((format!("{x}.gate_proj.weight"), vec![eff, h]));
+                    v.push((format!("{x}.up_proj.weight"), vec![eff, h]));
+                    v.push((format!("{x}.down_proj.weight"), vec![h, eff]));
+                }
+                let x = format!("{p}.mlp.shared_expert");
+                v.push((format!("{x}.gate_proj.weight"), vec![sff, h]));
+                v.push((format!("{x}.up_proj.weight"), vec![sff, h]));
+                v.push((format!("{x}.down_proj.weight"), vec![h, sff]));
+                v.push((format!("{p}.mlp.shared_expert_gate.weight"), vec![1, h]));
+            }
+            None => {
+                v.push((format!("{p}.mlp.gate_proj.weight"), vec![ff, h]));
+                v.push((format!("{p}.mlp.up_proj.weight"), vec![ff, h]));
+                v.push((format!("{p}.mlp.down_proj.weight"), vec![h, ff]));
+            }
+        }
+        v.push((format!("{p}.input_layernorm.weight"), vec![h]));
+        v.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
     }
     v.push(("model.norm.weight".to_string(), vec![h]));
     if lm_head {
@@ -538,6 +589,36 @@ pub fn hf_config_json(cfg: &Config, tie_word_embeddings: bool, dtype: HfDtype) -
     m.insert("use_cache".into(), json!(true));
     m.insert("use_sliding_window".into(), json!(use_sw));
     m.insert("vocab_size".into(), json!(cfg.vocab_size));
+    if let Some(moe) = &cfg.moe {
+        if use_sw {
+            // Qwen2MoeConfig places sliding layers by another rule than Qwen2Config.
+            return Err(Error::Config(
+                "sliding-window attention cannot be written into a Qwen2-MoE config.json".into(),
+            ));
+        }
+        m.insert("architectures".into(), json!(["Qwen2MoeForCausalLM"]));
+        m.insert("model_type".into(), json!("qwen2_moe"));
+        // Every layer a sparse candidate; the dense ones listed by index.
+        let dense: Vec<usize> = (0..cfg.num_hidden_layers)
+            .filter(|&i| moe.sparse_layers.get(i) != Some(&true))
+            .collect();
+        m.insert("decoder_sparse_step".into(), json!(1));
+        m.insert("mlp_only_layers".into(), json!(dense));
+        m.insert(
+            "moe_intermediate_size".into(),
+            json!(moe.moe_intermediate_size),
+        );
+        m.insert("norm_topk_prob".into(), json!(moe.norm_topk_prob));
+        m.insert("num_experts".into(), json!(moe.num_experts));
+        m.insert("num_experts_per_tok".into(), json!(moe.num_experts_per_tok));
+        m.insert("output_router_logits".into(), json!(false));
+        m.insert("qkv_bias".into(), json!(true));
+        m.insert("router_aux_loss_coef".into(), json!(0.001));
+        m.insert(
+            "shared_expert_intermediate_size".into(),
+            json!(moe.shared_expert_intermediate_size),
+        );
+    }
     Ok(Json::Object(m))
 }
 
@@ -662,7 +743,10 @@ fn check_gguf_tensor_set(
 ) -> Result<()> {
     let known: std::collections::HashSet<String> = expected
         .iter()
-        .filter_map(|(hf, _)| gguf_name(hf))
+        .filter_map(|(hf, _)| match routed_expert(hf) {
+            Some((layer, _, proj)) => Some(stacked_experts_name(layer, proj)),
+            None => gguf_name(hf),
+        })
         .collect();
     let unknown: Vec<&str> = g
         .tensors
@@ -691,7 +775,6 @@ pub fn gguf_to_hf(input: &Path, out: &Path, opts: &ToHfOptions) -> Result<Conver
     }
     let g = Arc::new(GgufFile::open(input)?);
     let cfg = Config::from_gguf(&g)?;
-    require_dense(&cfg)?;
     let mut notes = Vec::new();
 
     // A separate output.weight becomes lm_head.weight (transformers then needs
@@ -725,8 +808,14 @@ pub fn gguf_to_hf(input: &Path, out: &Path, opts: &ToHfOptions) -> Result<Conver
 
     let src = WeightSource::from_gguf(g.clone());
     let mut views = Vec::with_capacity(expected.len());
+    let n_experts = cfg.moe.as_ref().map_or(0, |m| m.num_experts);
     for (hf, shape) in &expected {
-        views.push((hf.clone(), LazyView::new(src.get(hf, shape)?, opts.dtype)?));
+        let t = match routed_expert(hf) {
+            // A view of one expert's rows in the stacked GGUF tensor.
+            Some((layer, e, proj)) => src.expert(layer, e, n_experts, proj, shape[0], shape[1])?,
+            None => src.get(hf, shape)?,
+        };
+        views.push((hf.clone(), LazyView::new(t, opts.dtype)?));
     }
 
     let stage = Staging::new(out, opts.force)?;
@@ -1008,7 +1097,13 @@ fn gguf_tensor_type(
     outtype: GgufOutType,
     notes: &mut Vec<String>,
 ) -> GgmlType {
-    if shape.len() <= 1 || gname.ends_with("_norm.weight") || !gname.ends_with(".weight") {
+    // The MoE router (`ffn_gate_inp`) is kept in f32 as convert_hf_to_gguf.py does: routing
+    // decisions are discrete and cheap.
+    if shape.len() <= 1
+        || gname.ends_with("_norm.weight")
+        || gname.ends_with("ffn_gate_inp.weight")
+        || !gname.ends_with(".weight")
+    {
         return GgmlType::F32;
     }
     let ty = outtype.ggml();
@@ -1059,11 +1154,15 @@ fn gguf_model_metadata(
     };
     let f32v = |v: f64| Value::F32(v as f32);
     let mut m: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), Value::String("qwen2".into())),
+        (
+            "general.architecture".into(),
+            Value::String(gguf_arch(cfg).into()),
+        ),
         ("general.type".into(), Value::String("model".into())),
         ("general.name".into(), Value::String(name)),
     ];
-    let mut kv = |k: &str, v: Value| m.push((format!("qwen2.{k}"), v));
+    let arch = gguf_arch(cfg);
+    let mut kv = |k: &str, v: Value| m.push((format!("{arch}.{k}"), v));
     kv("block_count", u32v(cfg.num_hidden_layers)?);
     kv("context_length", u32v(cfg.max_position_embeddings)?);
     kv("embedding_length", u32v(cfg.hidden_size)?);
@@ -1104,6 +1203,20 @@ fn gguf_model_metadata(
     if raw.get("head_dim").is_some_and(|v| !v.is_null()) {
         kv("attention.key_length", u32v(cfg.head_dim)?);
         kv("attention.value_length", u32v(cfg.head_dim)?);
+    }
+    if let Some(moe) = &cfg.moe {
+        // Qwen2MoeModel's keys; a layer's sparsity is told by its `ffn_gate_inp` router.
+        kv("expert_count", u32v(moe.num_experts)?);
+        kv("expert_used_count", u32v(moe.num_experts_per_tok)?);
+        kv(
+            "expert_feed_forward_length",
+            u32v(moe.moe_intermediate_size)?,
+        );
+        kv(
+            "expert_shared_feed_forward_length",
+            u32v(moe.shared_expert_intermediate_size)?,
+        );
+        kv("expert_weights_norm", Value::Bool(moe.norm_topk_prob));
     }
     m.push(("general.file_type".into(), Value::U32(outtype.file_type())));
     Ok(m)
@@ -1182,7 +1295,6 @@ pub fn hf_to_gguf(input: &Path, out: &Path, opts: &ToGgufOptions) -> Result<Conv
         .map_err(|e| Error::Config(format!("{}: {e}", cfg_path.display())))?;
     let raw: Json = serde_json::from_str(&text)
         .map_err(|e| Error::Config(format!("{}: {e}", cfg_path.display())))?;
-    require_dense(&cfg)?;
     check_gguf_representable(&cfg)?;
     let src = WeightSource::from_safetensors_dir(input)?;
     let mut notes = Vec::new();
@@ -1196,11 +1308,23 @@ pub fn hf_to_gguf(input: &Path, out: &Path, opts: &ToGgufOptions) -> Result<Conv
         );
     }
     let mut expected = qwen2_tensors(&cfg, separate_head);
-    let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    let mut known: std::collections::HashSet<String> =
+        expected.iter().map(|(n, _)| n.clone()).collect();
+    // transformers 5's fused expert tensors stand for the per-expert ones.
+    for (i, sparse) in cfg
+        .moe
+        .iter()
+        .flat_map(|m| m.sparse_layers.iter().enumerate())
+    {
+        if *sparse {
+            known.insert(format!("model.layers.{i}.mlp.experts.gate_up_proj"));
+            known.insert(format!("model.layers.{i}.mlp.experts.down_proj"));
+        }
+    }
     let unknown: Vec<String> = src
         .names()
         .into_iter()
-        .filter(|n| !known.contains(n.as_str()) && n != "lm_head.weight")
+        .filter(|n| !known.contains(n) && n != "lm_head.weight")
         .collect();
     if !unknown.is_empty() {
         return Err(Error::Safetensors {
@@ -1235,21 +1359,49 @@ pub fn hf_to_gguf(input: &Path, out: &Path, opts: &ToGgufOptions) -> Result<Conv
     // gguf-py writes it last.
     w.set("general.quantization_version", Value::U32(2));
 
-    let mut plan = Vec::with_capacity(expected.len());
+    // (GGUF name, the HF tensors written one after the other into it, type).
+    let mut plan: Vec<(String, Vec<Tensor>, GgmlType)> = Vec::with_capacity(expected.len());
+    let n_experts = cfg.moe.as_ref().map_or(0, |m| m.num_experts);
     for (hf, shape) in &expected {
-        let t = src.get(hf, shape)?;
-        let gname = gguf_name(hf).ok_or_else(|| Error::MissingTensor {
-            name: hf.clone(),
-            hint: " (no GGUF name is known for it)".into(),
-        })?;
-        let ty = gguf_tensor_type(&gname, shape, opts.outtype, &mut notes);
-        w.add_tensor(&gname, shape, ty)?;
-        plan.push((gname, t, ty));
+        let (gname, gshape, parts) = match routed_expert(hf) {
+            // The layer's experts go into one stacked `[n_experts, out, inp]` tensor, declared
+            // where expert 0 comes.
+            Some((_, e, _)) if e > 0 => continue,
+            Some((layer, _, proj)) => {
+                let (rows, cols) = (shape[0], shape[1]);
+                let parts = (0..n_experts)
+                    .map(|e| src.expert(layer, e, n_experts, proj, rows, cols))
+                    .collect::<Result<Vec<_>>>()?;
+                (
+                    stacked_experts_name(layer, proj),
+                    vec![n_experts, rows, cols],
+                    parts,
+                )
+            }
+            None => {
+                let t = src.get(hf, shape)?;
+                let gname = gguf_name(hf).ok_or_else(|| Error::MissingTensor {
+                    name: hf.clone(),
+                    hint: " (no GGUF name is known for it)".into(),
+                })?;
+                // `shared_expert_gate` `[1, H]` is 1-D in llama.cpp's files.
+                let gshape = match shape.as_slice() {
+                    [1, n] => vec![*n],
+                    _ => shape.clone(),
+                };
+                (gname, gshape, vec![t])
+            }
+        };
+        let ty = gguf_tensor_type(&gname, &gshape, opts.outtype, &mut notes);
+        w.add_tensor(&gname, &gshape, ty)?;
+        plan.push((gname, parts, ty));
     }
     let mut o = w.create(out)?;
     let mut tensor_bytes = 0u64;
-    for (gname, t, ty) in &plan {
-        tensor_bytes += stream_tensor(&mut o, gname, t, *ty)?;
+    for (gname, parts, ty) in &plan {
+        for t in parts {
+            tensor_bytes += stream_tensor(&mut o, gname, t, *ty)?;
+        }
     }
     let path = o.finish()?;
     Ok(Converted {

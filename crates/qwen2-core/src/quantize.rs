@@ -12,6 +12,9 @@
 //! - Q4_K_M/Q5_K_M: `attn_v` and `ffn_down` → Q6_K in the "use_more_bits" layers (first and last
 //!   eighth, and every third in between); Q4_K_S: `attn_v` of the first 4 layers and `ffn_down`
 //!   of the first eighth → Q5_K; 80-layer (70B-class) models get Q5_K `attn_v` for Q4_K;
+//! - Qwen2-MoE: the router `ffn_gate_inp` is never quantized; stacked `ffn_*_exps` follow the
+//!   `ffn_*` rules, `ffn_down*` by the layer in its name; 8-expert models get Q8_0
+//!   `attn_k`/`attn_v` and (Q4_K_S/M) Q5_K `attn_output`; rows shorter than a 32-block → F16;
 //! - a k-quant whose block (256) does not divide the row length falls back (Q4_K→Q5_0,
 //!   Q5_K→Q5_1, Q6_K→Q8_0, then F16), as for Qwen2-72B's 29568-wide `ffn_down` (PITFALLS 11).
 //!
@@ -159,15 +162,21 @@ fn is_quantized(t: GgmlType) -> bool {
     !matches!(t, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
 }
 
-/// llama.cpp's `tensor_allows_quantization` for the tensors a Qwen2 model has.
+/// llama.cpp's `tensor_allows_quantization` for the tensors a Qwen2(-MoE) model has: the MoE
+/// router `ffn_gate_inp` stays as is (the 1-D `ffn_gate_inp_shexp` is left by the 2-D rule).
 fn allows_quantization(name: &str, n_dims: usize) -> bool {
-    n_dims >= 2 && name.ends_with("weight") && !name.contains("_norm.weight")
+    n_dims >= 2
+        && name.ends_with("weight")
+        && !name.contains("_norm.weight")
+        && !name.contains("ffn_gate_inp.weight")
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Category {
     TokenEmbd,
+    AttnK,
     AttnV,
+    AttnOutput,
     FfnDown,
     Output,
     Other,
@@ -180,6 +189,10 @@ fn category(name: &str) -> Category {
         Category::TokenEmbd
     } else if name.contains("attn_v.weight") {
         Category::AttnV
+    } else if name.contains("attn_k.weight") {
+        Category::AttnK
+    } else if name.contains("attn_output.weight") {
+        Category::AttnOutput
     } else if name.contains("ffn_down") {
         Category::FfnDown
     } else {
@@ -202,6 +215,10 @@ fn fallback(target: GgmlType, cols: usize) -> Result<GgmlType> {
         GgmlType::Q4K => GgmlType::Q5_0,
         GgmlType::Q5K => GgmlType::Q5_1,
         GgmlType::Q6K => GgmlType::Q8_0,
+        // Rows shorter than a 32-block (a tiny MoE's 16-wide experts): llama.cpp writes F16.
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => {
+            GgmlType::F16
+        }
         other => {
             return Err(Error::Invalid(format!(
                 "no fallback for type {} with rows of {cols} values",
@@ -238,12 +255,27 @@ fn llama_order(a: &str, b: &str) -> std::cmp::Ordering {
     la.cmp(&lb).then_with(|| a.cmp(b))
 }
 
-/// Choose every tensor's type (`llama_tensor_get_type`) for `n_layers` blocks. `tensors` holds
-/// (GGUF name, HF-order shape, stored type); the result is in llama.cpp's tensor order.
+/// Choose every tensor's type (`llama_tensor_get_type`) for `n_layers` blocks of a dense model.
+/// `tensors` holds (GGUF name, HF-order shape, stored type); the result is in llama.cpp's
+/// tensor order.
 pub fn plan(
     ftype: FileType,
     tensors: &[(String, Vec<usize>, GgmlType)],
     n_layers: usize,
+) -> Result<Vec<TensorPlan>> {
+    plan_with_experts(ftype, tensors, n_layers, 0)
+}
+
+/// `plan` for a model with `n_expert` routed experts per sparse layer (0 for a dense model).
+/// llama.cpp's MoE rules: the stacked `ffn_*_exps` count as the `ffn_*` they stack, and with
+/// more than one expert `ffn_down*` takes its layer from the name (not a running count);
+/// 8-expert models (Mixtral-like) get Q8_0 `attn_k`/`attn_v` and, for Q4_K_S/M, Q5_K
+/// `attn_output`.
+pub fn plan_with_experts(
+    ftype: FileType,
+    tensors: &[(String, Vec<usize>, GgmlType)],
+    n_layers: usize,
+    n_expert: usize,
 ) -> Result<Vec<TensorPlan>> {
     let mut sorted: Vec<_> = tensors.to_vec();
     sorted.sort_by(|a, b| llama_order(&a.0, &b.0));
@@ -282,9 +314,26 @@ pub fn plan(
                 if n_layers == 80 && matches!(t, GgmlType::Q3K | GgmlType::Q4K) {
                     t = GgmlType::Q5K;
                 }
+                if n_expert == 8 {
+                    t = GgmlType::Q8_0;
+                }
                 i_attn_v += 1;
+            } else if cat == Category::AttnK {
+                if n_expert == 8 {
+                    t = GgmlType::Q8_0;
+                }
+            } else if cat == Category::AttnOutput {
+                if n_expert == 8 && matches!(ftype, FileType::Q4_K_S | FileType::Q4_K_M) {
+                    t = GgmlType::Q5K;
+                }
             } else if cat == Category::FfnDown {
-                let (i, n) = (i_ffn_down, n_layers);
+                // llama.cpp `layer_info`: experts need not come in layer order, so MoE models
+                // read the layer from the name.
+                let i = match layer_of(&name) {
+                    Some(l) if n_expert > 1 => l,
+                    _ => i_ffn_down,
+                };
+                let n = n_layers;
                 match ftype {
                     FileType::Q4_K_M | FileType::Q5_K_M if use_more_bits(i, n) => t = GgmlType::Q6K,
                     FileType::Q4_K_S if i < n / 8 => t = GgmlType::Q5K,
@@ -326,12 +375,46 @@ pub enum Progress<'a> {
     Elements(u64),
 }
 
+/// One output tensor: its stored parts, written one after the other.
+struct SrcTensor {
+    /// HF-order shape of the whole tensor.
+    shape: Vec<usize>,
+    ty: GgmlType,
+    /// One stored tensor, or the per-expert HF matrices of a stacked `ffn_*_exps`.
+    parts: Vec<Tensor>,
+}
+
+impl SrcTensor {
+    fn one(t: Tensor) -> Self {
+        SrcTensor {
+            shape: t.shape.clone(),
+            ty: t.ty,
+            parts: vec![t],
+        }
+    }
+}
+
 /// Where tensors come from, by GGUF name.
 struct Source {
     metadata: Vec<(String, Value)>,
     /// GGUF name → tensor (bytes in the stored format, HF-order shape).
-    tensors: BTreeMap<String, Tensor>,
+    tensors: BTreeMap<String, SrcTensor>,
     n_layers: usize,
+    /// Routed experts per sparse layer (0: dense).
+    n_experts: usize,
+}
+
+/// `blk.L.ffn_{gate,up,down}_exps.weight` → (L, "gate_proj" | "up_proj" | "down_proj").
+fn stacked_experts_of(gguf: &str) -> Option<(usize, &'static str)> {
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let proj = match rest {
+        "ffn_gate_exps.weight" => "gate_proj",
+        "ffn_up_exps.weight" => "up_proj",
+        "ffn_down_exps.weight" => "down_proj",
+        _ => return None,
+    };
+    Some((layer.parse().ok()?, proj))
 }
 
 fn open_gguf(path: &Path) -> Result<Source> {
@@ -342,8 +425,11 @@ fn open_gguf(path: &Path) -> Result<Source> {
     for (name, info) in &g.tensors {
         // Read through the HF-name API where a mapping exists; keep any other tensor as is.
         let hf = hf_name(name);
-        let t = match hf {
-            Some(hf) if ws.contains(&hf) => ws.get(&hf, &info.shape())?,
+        let t = match (hf, stacked_experts_of(name), info.shape().as_slice()) {
+            (Some(hf), _, shape) if ws.contains(&hf) => ws.get(&hf, shape)?,
+            (_, Some((layer, proj)), &[n, out, inp]) => {
+                ws.stacked_experts(layer, n, proj, out, inp)?
+            }
             _ => {
                 return Err(Error::Gguf {
                     path: path.to_path_buf(),
@@ -351,7 +437,7 @@ fn open_gguf(path: &Path) -> Result<Source> {
                 })
             }
         };
-        tensors.insert(name.clone(), t);
+        tensors.insert(name.clone(), SrcTensor::one(t));
     }
     let metadata = g
         .metadata
@@ -362,6 +448,7 @@ fn open_gguf(path: &Path) -> Result<Source> {
         metadata,
         tensors,
         n_layers: cfg.num_hidden_layers,
+        n_experts: cfg.moe.as_ref().map_or(0, |m| m.num_experts),
     })
 }
 
@@ -389,6 +476,11 @@ fn hf_name(gguf: &str) -> Option<String> {
         "ffn_gate" => "mlp.gate_proj",
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
+        "ffn_gate_inp" => "mlp.gate",
+        "ffn_gate_shexp" => "mlp.shared_expert.gate_proj",
+        "ffn_up_shexp" => "mlp.shared_expert.up_proj",
+        "ffn_down_shexp" => "mlp.shared_expert.down_proj",
+        "ffn_gate_inp_shexp" => "mlp.shared_expert_gate",
         _ => return None,
     };
     let name = format!("model.layers.{layer}.{hf}.{kind}");
@@ -402,15 +494,28 @@ fn open_hf(dir: &Path) -> Result<Source> {
     let raw: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::Config(format!("{}: {e}", cfg_path.display())))?;
     let ws = WeightSource::from_safetensors_dir(dir)?;
-    let WeightSource::Safetensors { tensors: st, .. } = ws else {
+    let WeightSource::Safetensors { tensors: st, .. } = &ws else {
         unreachable!("from_safetensors_dir returns Safetensors")
     };
     let mut tensors = BTreeMap::new();
-    for (hf, mut t) in st {
+    for (hf, t) in st {
+        let mut t = t.clone();
         if hf == "lm_head.weight" && cfg.tie_word_embeddings {
             continue; // tied: llama.cpp reads the embedding for the output too
         }
-        let Some(g) = gguf_name(&hf) else {
+        // Routed experts (hub per-expert or transformers 5 fused): stacked below.
+        let fused =
+            hf.ends_with(".mlp.experts.gate_up_proj") || hf.ends_with(".mlp.experts.down_proj");
+        if cfg.moe.is_some() && (fused || crate::convert::routed_expert(hf).is_some()) {
+            continue;
+        }
+        // `shared_expert_gate` `[1, H]` is 1-D in llama.cpp's files.
+        if let &[1, n] = t.shape.as_slice() {
+            if hf.ends_with(".mlp.shared_expert_gate.weight") {
+                t.shape = vec![n];
+            }
+        }
+        let Some(g) = gguf_name(hf) else {
             return Err(Error::Safetensors {
                 path: dir.to_path_buf(),
                 msg: format!("tensor `{hf}` is not part of a Qwen2 model"),
@@ -420,7 +525,41 @@ fn open_hf(dir: &Path) -> Result<Source> {
         if t.shape.len() == 1 && t.ty != GgmlType::F32 {
             t = t.to_f32()?;
         }
-        tensors.insert(g, t);
+        tensors.insert(g, SrcTensor::one(t));
+    }
+    if let Some(m) = &cfg.moe {
+        let (h, ne, eff) = (cfg.hidden_size, m.num_experts, m.moe_intermediate_size);
+        for layer in (0..cfg.num_hidden_layers).filter(|&i| m.sparse_layers[i]) {
+            for (proj, out, inp) in [
+                ("gate_proj", eff, h),
+                ("up_proj", eff, h),
+                ("down_proj", h, eff),
+            ] {
+                let parts = (0..ne)
+                    .map(|e| ws.expert(layer, e, ne, proj, out, inp))
+                    .collect::<Result<Vec<_>>>()?;
+                let ty = parts[0].ty;
+                if let Some(p) = parts.iter().find(|p| p.ty != ty) {
+                    return Err(Error::Safetensors {
+                        path: dir.to_path_buf(),
+                        msg: format!(
+                            "expert tensors of layer {layer} mix dtypes ({} is {})",
+                            p.name,
+                            p.ty.name()
+                        ),
+                    });
+                }
+                let short = proj.trim_end_matches("_proj");
+                tensors.insert(
+                    format!("blk.{layer}.ffn_{short}_exps.weight"),
+                    SrcTensor {
+                        shape: vec![ne, out, inp],
+                        ty,
+                        parts,
+                    },
+                );
+            }
+        }
     }
     let name = dir
         .file_name()
@@ -436,13 +575,18 @@ fn open_hf(dir: &Path) -> Result<Source> {
         metadata,
         tensors,
         n_layers: cfg.num_hidden_layers,
+        n_experts: cfg.moe.as_ref().map_or(0, |m| m.num_experts),
     })
 }
 
 /// The `qwen2.*` architecture keys for a config (what convert_hf_to_gguf writes); the tokenizer
 /// keys come from `convert::gguf_tokenizer_metadata`.
 fn hf_metadata(cfg: &Config, name: &str) -> Vec<(String, Value)> {
-    let a = "qwen2";
+    let a = if cfg.moe.is_some() {
+        "qwen2moe"
+    } else {
+        "qwen2"
+    };
     let u = |v: usize| Value::U32(v as u32);
     let mut m = vec![
         ("general.architecture".into(), Value::String(a.into())),
@@ -507,6 +651,22 @@ fn hf_metadata(cfg: &Config, name: &str) -> Vec<(String, Value)> {
         }
         _ => {}
     }
+    if let Some(moe) = &cfg.moe {
+        m.push((format!("{a}.expert_count"), u(moe.num_experts)));
+        m.push((format!("{a}.expert_used_count"), u(moe.num_experts_per_tok)));
+        m.push((
+            format!("{a}.expert_feed_forward_length"),
+            u(moe.moe_intermediate_size),
+        ));
+        m.push((
+            format!("{a}.expert_shared_feed_forward_length"),
+            u(moe.shared_expert_intermediate_size),
+        ));
+        m.push((
+            format!("{a}.expert_weights_norm"),
+            Value::Bool(moe.norm_topk_prob),
+        ));
+    }
     if let Some(b) = cfg.bos_token_id {
         m.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(b)));
     }
@@ -550,7 +710,7 @@ pub fn quantize(
         .iter()
         .map(|(n, t)| (n.clone(), t.shape.clone(), t.ty))
         .collect();
-    let plans = plan(ftype, &list, src.n_layers)?;
+    let plans = plan_with_experts(ftype, &list, src.n_layers, src.n_experts)?;
 
     let mut w = GgufWriter::new();
     for (k, v) in &src.metadata {
@@ -579,39 +739,40 @@ pub fn quantize(
             index,
             count: plans.len(),
         });
-        let t = &src.tensors[&p.name];
-        let data = t.bytes();
-        bytes_in += data.len() as u64;
-        if p.to == p.from {
-            out.write_tensor(&p.name, data)?;
-            bytes_out += data.len() as u64;
-            progress(Progress::Elements(t.n_elements() as u64));
-            continue;
-        }
-        let m = t.as_mat()?;
-        let in_row = p.from.row_bytes(m.cols)?;
-        let out_row = p.to.row_bytes(m.cols)?;
-        let step = chunk_rows(m.cols);
-        let mut buf = Vec::new();
-        for r0 in (0..m.rows).step_by(step) {
-            let n = step.min(m.rows - r0);
-            buf.resize(n * out_row, 0);
-            buf.par_chunks_mut(out_row).enumerate().try_for_each_init(
-                || vec![0f32; m.cols],
-                |row, (i, dst)| -> Result<()> {
-                    let r = r0 + i;
-                    qwen2_kernels::dequantize_row(
-                        p.from,
-                        &data[r * in_row..(r + 1) * in_row],
-                        row,
-                    )?;
-                    qwen2_kernels::quantize_row(p.to, row, dst)?;
-                    Ok(())
-                },
-            )?;
-            out.write_tensor_chunk(&p.name, &buf)?;
-            bytes_out += buf.len() as u64;
-            progress(Progress::Elements((n * m.cols) as u64));
+        for t in &src.tensors[&p.name].parts {
+            let data = t.bytes();
+            bytes_in += data.len() as u64;
+            if p.to == p.from {
+                out.write_tensor_chunk(&p.name, data)?;
+                bytes_out += data.len() as u64;
+                progress(Progress::Elements(t.n_elements() as u64));
+                continue;
+            }
+            let m = t.as_mat()?;
+            let in_row = p.from.row_bytes(m.cols)?;
+            let out_row = p.to.row_bytes(m.cols)?;
+            let step = chunk_rows(m.cols);
+            let mut buf = Vec::new();
+            for r0 in (0..m.rows).step_by(step) {
+                let n = step.min(m.rows - r0);
+                buf.resize(n * out_row, 0);
+                buf.par_chunks_mut(out_row).enumerate().try_for_each_init(
+                    || vec![0f32; m.cols],
+                    |row, (i, dst)| -> Result<()> {
+                        let r = r0 + i;
+                        qwen2_kernels::dequantize_row(
+                            p.from,
+                            &data[r * in_row..(r + 1) * in_row],
+                            row,
+                        )?;
+                        qwen2_kernels::quantize_row(p.to, row, dst)?;
+                        Ok(())
+                    },
+                )?;
+                out.write_tensor_chunk(&p.name, &buf)?;
+                bytes_out += buf.len() as u64;
+                progress(Progress::Elements((n * m.cols) as u64));
+            }
         }
     }
     out.finish()?;

@@ -347,31 +347,10 @@ impl WeightSource {
     ) -> Result<Tensor> {
         let pre = format!("model.layers.{layer}.mlp.experts");
         let hf = format!("{pre}.{e}.{proj}.weight");
-        let short = proj.trim_end_matches("_proj");
         match self {
-            WeightSource::Gguf(g) => {
-                let gname = format!("blk.{layer}.ffn_{short}_exps.weight");
-                let info = g.tensors.get(&gname).ok_or_else(|| Error::MissingTensor {
-                    name: gname.clone(),
-                    hint: format!(
-                        " (the stacked `{proj}` of the {n_experts} experts of layer {layer}) in {}",
-                        g.path.display()
-                    ),
-                })?;
-                let (start, len) = g.tensor_range(info);
-                let stacked = Tensor {
-                    name: gname.clone(),
-                    ty: info.ty,
-                    shape: info.shape(),
-                    data: Data::Gguf {
-                        file: g.clone(),
-                        start,
-                        len,
-                    },
-                };
-                check_shape(&gname, &stacked, &[n_experts, out, inp])?;
-                stacked.sub_matrix(hf, e, 0, out)
-            }
+            WeightSource::Gguf(_) => self
+                .stacked_experts(layer, n_experts, proj, out, inp)?
+                .sub_matrix(hf, e, 0, out),
             WeightSource::Safetensors { dir, tensors } => {
                 if let Some(t) = tensors.get(&hf) {
                     check_shape(&hf, t, &[out, inp])?;
@@ -394,6 +373,46 @@ impl WeightSource {
                 t.sub_matrix(hf, e, row0, out)
             }
         }
+    }
+
+    /// A GGUF's stacked `blk.{layer}.ffn_{gate,up,down}_exps.weight` `[n_experts, out, inp]`
+    /// as stored (safetensors keep experts apart: see `expert`).
+    pub fn stacked_experts(
+        &self,
+        layer: usize,
+        n_experts: usize,
+        proj: &str,
+        out: usize,
+        inp: usize,
+    ) -> Result<Tensor> {
+        let short = proj.trim_end_matches("_proj");
+        let gname = format!("blk.{layer}.ffn_{short}_exps.weight");
+        let WeightSource::Gguf(g) = self else {
+            return Err(Error::MissingTensor {
+                name: gname,
+                hint: " (stacked experts exist only in GGUF files)".into(),
+            });
+        };
+        let info = g.tensors.get(&gname).ok_or_else(|| Error::MissingTensor {
+            name: gname.clone(),
+            hint: format!(
+                " (the stacked `{proj}` of the {n_experts} experts of layer {layer}) in {}",
+                g.path.display()
+            ),
+        })?;
+        let (start, len) = g.tensor_range(info);
+        let stacked = Tensor {
+            name: gname.clone(),
+            ty: info.ty,
+            shape: info.shape(),
+            data: Data::Gguf {
+                file: g.clone(),
+                start,
+                len,
+            },
+        };
+        check_shape(&gname, &stacked, &[n_experts, out, inp])?;
+        Ok(stacked)
     }
 
     /// Every tensor name, in HF naming where known.
