@@ -77,6 +77,7 @@ pub fn cmd_kl_divergence(
     let base_arg = crate::ModelArg {
         model: Some(base.to_string()),
         exact: m.exact,
+        kv_type: m.kv_type,
         threads: m.threads,
     };
     let lb = crate::load(&base_arg)?;

@@ -111,6 +111,8 @@ pub struct Qwen2 {
     /// `None` when tied to the embedding.
     lm_head: Option<Tensor>,
     rope: Rope,
+    /// The KV cache type chosen by the user (`set_kv_dtype`), over the precision's default.
+    kv_dtype: Option<KvDtype>,
 }
 
 /// Called with (name, layer, values) for named intermediates: "embed", "layer_out", "norm".
@@ -180,6 +182,7 @@ impl Qwen2 {
             norm,
             lm_head,
             rope,
+            kv_dtype: None,
         })
     }
 
@@ -190,12 +193,24 @@ impl Qwen2 {
 
     /// f32 for `Precision::Exact` (the reference); f16 for `Precision::Fast`, half the
     /// memory, as llama.cpp's default. Attention still computes K·Q, softmax and sums in f32.
-    /// `new_cache_with` picks either explicitly.
+    /// `set_kv_dtype` overrides it for every cache made from then on (`new_cache`, the server);
+    /// `new_cache_with` picks one explicitly.
     pub fn default_kv_dtype(&self) -> KvDtype {
+        if let Some(t) = self.kv_dtype {
+            return t;
+        }
         match self.precision {
             Precision::Fast => KvDtype::F16,
             Precision::Exact => KvDtype::F32,
         }
+    }
+
+    /// Make `new_cache` (and so every command and the server) use `dtype`; an error, before
+    /// any work, if this model's KV rows cannot be stored in it (Q8_0 needs `kv_dim % 32 == 0`).
+    pub fn set_kv_dtype(&mut self, dtype: KvDtype) -> Result<()> {
+        dtype.check(self.cfg.kv_dim())?;
+        self.kv_dtype = Some(dtype);
+        Ok(())
     }
 
     pub fn new_cache_with(&self, ctx: usize, dtype: KvDtype) -> KvCache {
@@ -440,13 +455,17 @@ impl Qwen2 {
                 let attn = &mut attn[r0 * qd..(r0 + m) * qd];
                 s.rope.apply(q, nh, pos0);
                 s.rope.apply(k, nkv, pos0);
-                s.cache.append(li, k, &v[r0 * kvd..(r0 + m) * kvd]);
+                s.cache.append(li, k, &v[r0 * kvd..(r0 + m) * kvd])?;
                 match s.cache.layer(li) {
                     KvView::F32(kc, vc) => {
                         ops::attention(q, kc, vc, attn, m, pos0, nh, nkv, hd, layer.window)
                     }
                     KvView::F16(kc, vc) => {
                         ops::attention(q, kc, vc, attn, m, pos0, nh, nkv, hd, layer.window)
+                    }
+                    KvView::Q8_0(kc, vc) => {
+                        let (kc, vc) = (ops::Q8Rows(kc), ops::Q8Rows(vc));
+                        ops::attention(q, &kc, &vc, attn, m, pos0, nh, nkv, hd, layer.window)
                     }
                 }
                 r0 += m;

@@ -201,24 +201,52 @@ impl Rope {
     }
 }
 
-/// A cached key/value element: f32, or f16 widened to f32 as it is read.
-pub trait KvElem: Copy + Send + Sync + 'static {
-    /// `src` as f32: borrowed as is for f32, widened into `buf` (same length) otherwise.
-    fn as_f32<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
+/// Cached keys or values of one layer, read as f32: f32 borrowed as is, f16 widened, Q8_0
+/// dequantized, one head's slice at a time.
+pub trait KvRows: Sync {
+    /// Values `[off, off + buf.len())` of the flat `[len, kv_dim]` array, as f32.
+    fn read<'a>(&'a self, off: usize, buf: &'a mut [f32]) -> &'a [f32];
 }
 
-impl KvElem for f32 {
+impl KvRows for [f32] {
     #[inline]
-    fn as_f32<'a>(src: &'a [f32], _buf: &'a mut [f32]) -> &'a [f32] {
-        src
+    fn read<'a>(&'a self, off: usize, buf: &'a mut [f32]) -> &'a [f32] {
+        &self[off..off + buf.len()]
     }
 }
 
-impl KvElem for half::f16 {
+impl KvRows for [half::f16] {
     #[inline]
-    fn as_f32<'a>(src: &'a [half::f16], buf: &'a mut [f32]) -> &'a [f32] {
+    fn read<'a>(&'a self, off: usize, buf: &'a mut [f32]) -> &'a [f32] {
         use half::slice::HalfFloatSliceExt;
-        src.convert_to_f32_slice(buf);
+        self[off..off + buf.len()].convert_to_f32_slice(buf);
+        buf
+    }
+}
+
+/// ggml Q8_0 blocks (f16 scale, then 32 i8) laid end to end: value `i` is in block `i / 32`.
+/// A head's slice may start or end inside a block (head_dim < 32 in tiny models).
+pub struct Q8Rows<'a>(pub &'a [u8]);
+
+impl KvRows for Q8Rows<'_> {
+    fn read<'a>(&'a self, off: usize, buf: &'a mut [f32]) -> &'a [f32] {
+        use crate::kv_cache::{Q8_BLOCK, Q8_BLOCK_BYTES};
+        let mut i = off;
+        let end = off + buf.len();
+        let mut out = 0;
+        while i < end {
+            let blk = &self.0[(i / Q8_BLOCK) * Q8_BLOCK_BYTES..][..Q8_BLOCK_BYTES];
+            let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+            let stop = end.min((i / Q8_BLOCK + 1) * Q8_BLOCK);
+            for (o, &q) in buf[out..out + (stop - i)]
+                .iter_mut()
+                .zip(&blk[2 + i % Q8_BLOCK..])
+            {
+                *o = d * f32::from(q as i8);
+            }
+            out += stop - i;
+            i = stop;
+        }
         buf
     }
 }
@@ -226,16 +254,16 @@ impl KvElem for half::f16 {
 /// Causal grouped-query attention for `n_new` query rows against a cache holding
 /// `pos0 + n_new` key/value rows (the new ones already appended).
 ///
-/// `q`: `[n_new, n_heads * hd]`; `k`, `v`: `[>= pos0 + n_new, n_kv * hd]` in f32 or f16 (read
-/// as f32; the K·Q product, softmax and the weighted sum are f32); `out`: like `q`.
+/// `q`: `[n_new, n_heads * hd]`; `k`, `v`: `[>= pos0 + n_new, n_kv * hd]` in f32, f16 or Q8_0
+/// (read as f32; the K·Q product, softmax and the weighted sum are f32); `out`: like `q`.
 /// `window`: sliding-window size. Query at position `i` sees key `j` iff `j <= i` and
 /// `i - j < window` — transformers' `sliding_window_overlay` (`kv_idx > q_idx - window`),
 /// checked by scripts/fixtures/long_context.py.
 #[allow(clippy::too_many_arguments)]
-pub fn attention<T: KvElem>(
+pub fn attention<T: KvRows + ?Sized>(
     q: &[f32],
-    k: &[T],
-    v: &[T],
+    k: &T,
+    v: &T,
     out: &mut [f32],
     n_new: usize,
     pos0: usize,
@@ -264,7 +292,7 @@ pub fn attention<T: KvElem>(
         let mut scores: Vec<f32> = (first..=pos)
             .map(|j| {
                 let off = j * kv_row + kvh * hd;
-                let kr = T::as_f32(&k[off..off + hd], &mut buf);
+                let kr = k.read(off, &mut buf);
                 qv.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * scale
             })
             .collect();
@@ -272,7 +300,7 @@ pub fn attention<T: KvElem>(
         o.fill(0.0);
         for (j, &p) in (first..=pos).zip(&scores) {
             let off = j * kv_row + kvh * hd;
-            let vr = T::as_f32(&v[off..off + hd], &mut buf);
+            let vr = v.read(off, &mut buf);
             for (oo, &vv) in o.iter_mut().zip(vr) {
                 *oo += p * vv;
             }
@@ -283,6 +311,27 @@ pub fn attention<T: KvElem>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn q8_rows_read_matches_the_kernels_dequantize_at_any_offset() {
+        use qwen2_kernels::{dequantize_row, quantize_row, GgmlType};
+        let x: Vec<f32> = (0..96)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.3)
+            .collect();
+        let mut q = vec![0u8; GgmlType::Q8_0.row_bytes(x.len()).unwrap()];
+        quantize_row(GgmlType::Q8_0, &x, &mut q).unwrap();
+        let mut want = vec![0f32; x.len()];
+        dequantize_row(GgmlType::Q8_0, &q, &mut want).unwrap();
+        // Head slices inside a block, across a block boundary, and whole blocks.
+        for (off, n) in [(0, 16), (16, 16), (24, 16), (8, 64), (32, 64), (0, 96)] {
+            let mut buf = vec![0f32; n];
+            assert_eq!(
+                Q8Rows(&q).read(off, &mut buf),
+                &want[off..off + n],
+                "{off}+{n}"
+            );
+        }
+    }
 
     #[test]
     fn softmax_sums_to_one_and_is_stable() {
@@ -311,7 +360,7 @@ mod tests {
         let k = vec![0.1f32; 2];
         let v = vec![5.0f32, -1.0];
         let mut out = vec![0f32; 4];
-        attention::<f32>(&q, &k, &v, &mut out, 1, 0, 2, 1, 2, None);
+        attention::<[f32]>(&q, &k, &v, &mut out, 1, 0, 2, 1, 2, None);
         assert_eq!(out, vec![5.0, -1.0, 5.0, -1.0]);
     }
 }

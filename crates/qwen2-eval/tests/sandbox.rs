@@ -86,17 +86,30 @@ fn fork_bomb_is_contained() {
             "took {:?}",
             t0.elapsed()
         );
-        // Nothing of it still runs (zombies, already dead, wait for the system to reap them).
-        let ps = std::process::Command::new("ps")
-            .args(["-o", "stat=", "-u", "65534"])
-            .output();
-        if let Ok(out) = ps {
+        // Nothing of it still runs. Killed processes may take a moment to exit (zombies or
+        // ones still being torn down), so poll for a few seconds before failing.
+        let live_sandbox_processes = || -> Option<(usize, String)> {
+            let out = std::process::Command::new("ps")
+                .args(["-o", "stat=", "-u", "65534"])
+                .output()
+                .ok()?;
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             let live = text
                 .lines()
                 .filter(|s| !s.trim_start().starts_with('Z'))
                 .count();
-            assert_eq!(live, 0, "processes of the sandbox user still run: {text}");
+            Some((live, text))
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Some((live, text)) = live_sandbox_processes() {
+            if live == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "processes of the sandbox user still run 5 s after the kill: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
