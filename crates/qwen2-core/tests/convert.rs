@@ -10,7 +10,7 @@
 //! - bad input is a clear error and leaves nothing behind.
 
 mod common;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
 use qwen2_core::convert::{
@@ -21,27 +21,6 @@ use qwen2_core::qwen2_kernels::GgmlType;
 use qwen2_core::qwen2_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 use qwen2_core::weights::WeightSource;
 use qwen2_core::{Config, Logits, Precision};
-
-/// A scratch directory removed when dropped (also when a test fails).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("qwen2-convert-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn to_gguf(input: &Path, out: &Path, outtype: GgufOutType) {
     hf_to_gguf(
@@ -84,7 +63,7 @@ fn fixture_input(name: &str) -> Vec<u32> {
 
 #[test]
 fn tiny_hf_to_gguf_f32_gives_identical_logits() {
-    let s = Scratch::new("f32");
+    let s = Scratch::new("convert-f32");
     // Untied and tied heads, shards, bf16 weights, transformers 4.x config, linear and YaRN rope.
     for name in [
         "untied", "tied", "sharded", "bf16", "v4config", "linear", "yarn", "yarn_v4",
@@ -115,7 +94,7 @@ fn tiny_hf_to_gguf_f32_gives_identical_logits() {
 
 #[test]
 fn tiny_hf_to_gguf_f16_and_q8_0_within_budget() {
-    let s = Scratch::new("quant");
+    let s = Scratch::new("convert-quant");
     let dir = fixture("tiny/untied");
     let input = fixture_input("untied");
     let reference = logits(&dir, &input);
@@ -145,7 +124,7 @@ fn tiny_hf_to_gguf_f16_and_q8_0_within_budget() {
 
 #[test]
 fn gguf_metadata_is_what_llama_cpp_writes() {
-    let s = Scratch::new("meta");
+    let s = Scratch::new("convert-meta");
     let gguf = s.join("untied.gguf");
     to_gguf(&fixture("tiny/untied"), &gguf, GgufOutType::F16);
     let g = GgufFile::open(&gguf).unwrap();
@@ -191,7 +170,7 @@ fn gguf_metadata_is_what_llama_cpp_writes() {
 
 #[test]
 fn tiny_round_trip_back_to_hf() {
-    let s = Scratch::new("rt");
+    let s = Scratch::new("convert-rt");
     let input = fixture_input("untied");
     let orig = fixture("tiny/untied");
     let gguf = s.join("untied.gguf");
@@ -301,7 +280,7 @@ fn real_gguf_tokenizer_files_are_transformers_own() {
 /// the 2 GB directory is removed at the end.
 #[test]
 fn real_gguf_to_hf_f32_keeps_greedy_continuations() {
-    let s = Scratch::new("real");
+    let s = Scratch::new("convert-real");
     let hf = s.join("qwen2.5-coder-0.5b-instruct");
     let t0 = std::time::Instant::now();
     to_hf(&real_model(), &hf, HfDtype::F32, convert_default_shard());
@@ -327,7 +306,7 @@ fn real_gguf_to_hf_f32_keeps_greedy_continuations() {
 
 #[test]
 fn bad_input_is_a_clear_error_and_leaves_nothing() {
-    let s = Scratch::new("bad");
+    let s = Scratch::new("convert-bad");
 
     // A GGUF of another architecture.
     let llama = s.join("llama.gguf");
@@ -416,7 +395,7 @@ fn bad_input_is_a_clear_error_and_leaves_nothing() {
 /// llama.cpp's converter wrote from Qwen's files): tokens, types, merges, ids, template.
 #[test]
 fn hf_tokenizer_to_gguf_metadata_matches_the_real_gguf() {
-    let s = Scratch::new("tokmeta");
+    let s = Scratch::new("convert-tokmeta");
     let dir = s.join("tok");
     std::fs::create_dir_all(&dir).unwrap();
     for f in ["tokenizer.json", "tokenizer_config.json"] {

@@ -9,7 +9,7 @@
 //!   f32, and the logits stay close.
 
 mod common;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
 use qwen2_core::convert::{
@@ -23,27 +23,6 @@ use qwen2_core::{Logits, Precision};
 
 const TOL: f32 = 1e-4;
 const FIXTURES: [&str; 2] = ["moe_topk", "moe_norm_mixed"];
-
-/// A scratch directory removed when dropped (also when a test fails).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("qwen2-moeconv-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn to_gguf(input: &Path, out: &Path, outtype: GgufOutType) {
     hf_to_gguf(
@@ -101,7 +80,7 @@ fn model_metadata(path: &Path) -> Vec<(String, String)> {
 
 #[test]
 fn hf_to_gguf_f32_matches_transformers_and_llama_cpp_layout() {
-    let s = Scratch::new("f32");
+    let s = Scratch::new("moeconv-f32");
     for name in FIXTURES {
         let dir = fixture(&format!("tiny/{name}"));
         let out = s.join(&format!("{name}.gguf"));
@@ -135,7 +114,7 @@ fn hf_to_gguf_f32_matches_transformers_and_llama_cpp_layout() {
 
 #[test]
 fn gguf_to_hf_round_trip() {
-    let s = Scratch::new("hf");
+    let s = Scratch::new("moeconv-hf");
     for name in FIXTURES {
         let dir = fixture(&format!("tiny/{name}"));
         let out = s.join(name);
@@ -184,7 +163,7 @@ fn orig_shape(src: &WeightSource, name: &str) -> Vec<usize> {
 
 #[test]
 fn hf_to_gguf_q8_0_falls_back_for_short_expert_rows() {
-    let s = Scratch::new("q8");
+    let s = Scratch::new("moeconv-q8");
     let name = "moe_topk";
     let dir = fixture(&format!("tiny/{name}"));
     let out = s.join("q8.gguf");

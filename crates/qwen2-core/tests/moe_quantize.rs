@@ -7,34 +7,13 @@ mod common;
 use common::*;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use qwen2_core::gguf::GgufFile;
 use qwen2_core::kv_cache::KvDtype;
 use qwen2_core::quantize::{plan_with_experts, quantize, FileType};
 use qwen2_core::qwen2_kernels::GgmlType;
 use qwen2_core::{Logits, Precision};
-
-/// A scratch directory removed when dropped (also when a test fails).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("qwen2-moequant-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn expected_types(case: &str, ftype: FileType) -> BTreeMap<String, String> {
     let r = read_json(&fixture("quant/moe_types.json"));
@@ -101,7 +80,7 @@ fn kl_bound(f: FileType) -> f64 {
 
 #[test]
 fn tiny_moe_types_match_llama_cpp_and_logits_stay_close() {
-    let s = Scratch::new("tiny");
+    let s = Scratch::new("moequant-tiny");
     for case in ["moe_topk", "moe_norm_mixed"] {
         let dir = fixture(&format!("tiny/{case}"));
         for ftype in FileType::ALL {

@@ -116,3 +116,24 @@ pub fn greedy(model: &qwen2_core::Qwen2, prompt: &[u32], n: usize, stop: &[u32])
     }
     out
 }
+
+/// A scratch directory under the system temp dir, removed when dropped (also when a test fails).
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("qwen2-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
