@@ -9,6 +9,7 @@ use qwen2_tokenizer::{StreamDecoder, Tokenizer};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::model::{Logits, Qwen2};
+use crate::rows::RowRole;
 use crate::sampling::{Sampler, SamplingParams};
 
 #[derive(Debug, Clone)]
@@ -131,7 +132,8 @@ pub fn generate(
     };
 
     let t0 = Instant::now();
-    let mut logits = model.forward(prompt, cache, Logits::Last)?;
+    // Roles by what the rows are, not by their count (a one-token prompt is still a prompt).
+    let mut logits = model.forward_as(prompt, cache, Logits::Last, RowRole::Prompt)?;
     let prefill_time = t0.elapsed();
     let t1 = Instant::now();
     let mut finish = FinishReason::Length;
@@ -165,7 +167,7 @@ pub fn generate(
         if generated.len() == params.max_new_tokens {
             break;
         }
-        logits = model.forward(&[next], cache, Logits::Last)?;
+        logits = model.forward_as(&[next], cache, Logits::Last, RowRole::Decode)?;
     }
     if !hit_stop_string && finish != FinishReason::Cancelled {
         if let Some(rest) = decoder.flush()? {

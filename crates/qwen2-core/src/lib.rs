@@ -15,6 +15,7 @@ pub mod moe;
 pub mod ops;
 pub mod perplexity;
 pub mod quantize;
+pub mod rows;
 pub mod sampling;
 pub mod weights;
 
@@ -24,6 +25,7 @@ pub use generate::{generate, FinishReason, GenerateParams, Generation};
 pub use kv_cache::{KvCache, KvDtype};
 pub use loader::{load, LoadedModel};
 pub use model::{BatchSeq, Logits, Precision, Qwen2};
+pub use rows::RowRole;
 pub use sampling::{Sampler, SamplingParams};
 pub use weights::{Tensor, WeightSource};
 

@@ -5,13 +5,12 @@
 //! format. `Precision::Exact` converts every weight to f32 at load: the reference path that
 //! tests compare with transformers.
 
-use qwen2_kernels::matmul;
-
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::kv_cache::{KvCache, KvDtype, KvView};
+use crate::kv_cache::{KvCache, KvDtype};
 use crate::moe::SparseMoe;
 use crate::ops::{self, Rope};
+use crate::rows::{RoleRuns, RowRole};
 use crate::weights::{Tensor, WeightSource};
 
 /// Tokens processed per forward chunk: bounds activation memory for long prompts.
@@ -60,9 +59,9 @@ impl Linear {
         Ok(Linear { w, b })
     }
 
-    /// `out[t] = W x[t] + b` for `n` rows of `x`.
-    pub(crate) fn forward(&self, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
-        matmul(&self.w.as_mat()?, x, n, out)?;
+    /// `out[t] = W x[t] + b` for the rows of `x`, each by its role.
+    pub(crate) fn forward(&self, x: &[f32], rows: &RoleRuns, out: &mut [f32]) -> Result<()> {
+        rows.matmul(&self.w.as_mat()?, x, out)?;
         if let Some(b) = &self.b {
             for row in out.chunks_exact_mut(b.len()) {
                 for (o, bb) in row.iter_mut().zip(b) {
@@ -247,16 +246,44 @@ impl Qwen2 {
         self.cfg.vocab_size
     }
 
-    /// Run `tokens` after what `cache` holds; returns logits as `which` asks.
+    /// Run `tokens` after what `cache` holds; returns logits as `which` asks. The rows' role
+    /// follows the token count ([`RowRole::by_count`]: one token decodes, more are a prompt);
+    /// use [`Qwen2::forward_as`] to name it (a one-token prompt remainder is a prompt row).
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
-        self.forward_with_hook(tokens, cache, which, None)
+        self.forward_as(tokens, cache, which, RowRole::by_count(tokens.len()))
     }
 
+    /// [`Qwen2::forward`] with the rows' role given: it alone picks the kernels, so the
+    /// result is bitwise the same however a prompt is chunked (issue 5).
+    pub fn forward_as(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        which: Logits,
+        role: RowRole,
+    ) -> Result<Vec<f32>> {
+        self.forward_with_hook_as(tokens, cache, which, role, None)
+    }
+
+    /// [`Qwen2::forward`] with a hook on the intermediates; the role follows the token count.
     pub fn forward_with_hook(
         &self,
         tokens: &[u32],
         cache: &mut KvCache,
         which: Logits,
+        hook: Option<&mut HookFn<'_>>,
+    ) -> Result<Vec<f32>> {
+        let role = RowRole::by_count(tokens.len());
+        self.forward_with_hook_as(tokens, cache, which, role, hook)
+    }
+
+    /// [`Qwen2::forward_as`] with a hook on the intermediates.
+    pub fn forward_with_hook_as(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        which: Logits,
+        role: RowRole,
         mut hook: Option<&mut HookFn<'_>>,
     ) -> Result<Vec<f32>> {
         self.check_input(tokens, cache)?;
@@ -275,6 +302,7 @@ impl Qwen2 {
                 cache: &mut *cache,
                 rope,
                 out_rows,
+                role,
             }];
             for part in self.run_batch(&mut segs, hook.as_deref_mut())? {
                 let part = part?;
@@ -315,6 +343,7 @@ impl Qwen2 {
                 },
                 cache: &mut *s.cache,
                 rope: dyn_rope.as_ref().unwrap_or(&self.rope),
+                role: s.role,
             })
             .collect();
         let out = self.run_batch(&mut segs, None)?;
@@ -382,7 +411,9 @@ impl Qwen2 {
         }
         let mut logits = vec![0f32; rows * vocab];
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        matmul(&head.as_mat()?, &normed, rows, &mut logits)?;
+        // The LM head too by role: a prompt's last row takes the prompt path.
+        let head_rows = RoleRuns::from_segments(segs.iter().map(|s| (s.role, s.out_rows)));
+        head_rows.matmul(&head.as_mat()?, &normed, &mut logits)?;
 
         let finite = |s: &Seg<'_>, part: &[f32]| match part.iter().position(|v| !v.is_finite()) {
             Some(bad) => Err(Error::NonFiniteLogits {
@@ -417,6 +448,7 @@ impl Qwen2 {
         let (qd, kvd, ff) = (cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
         let eps = cfg.rms_norm_eps as f32;
 
+        let rows = RoleRuns::from_segments(segs.iter().map(|s| (s.role, s.tokens.len())));
         let mut x = vec![0f32; n * h];
         for (t, &id) in segs.iter().flat_map(|s| s.tokens).enumerate() {
             self.embed
@@ -438,9 +470,9 @@ impl Qwen2 {
         for (li, layer) in self.layers.iter().enumerate() {
             // Attention block.
             ops::rms_norm(&x, &layer.attn_norm, eps, &mut normed);
-            layer.q.forward(&normed, n, &mut q)?;
-            layer.k.forward(&normed, n, &mut k)?;
-            layer.v.forward(&normed, n, &mut v)?;
+            layer.q.forward(&normed, &rows, &mut q)?;
+            layer.k.forward(&normed, &rows, &mut k)?;
+            layer.v.forward(&normed, &rows, &mut v)?;
             let (nh, nkv, hd) = (
                 cfg.num_attention_heads,
                 cfg.num_key_value_heads,
@@ -456,21 +488,11 @@ impl Qwen2 {
                 s.rope.apply(q, nh, pos0);
                 s.rope.apply(k, nkv, pos0);
                 s.cache.append(li, k, &v[r0 * kvd..(r0 + m) * kvd])?;
-                match s.cache.layer(li) {
-                    KvView::F32(kc, vc) => {
-                        ops::attention(q, kc, vc, attn, m, pos0, nh, nkv, hd, layer.window)
-                    }
-                    KvView::F16(kc, vc) => {
-                        ops::attention(q, kc, vc, attn, m, pos0, nh, nkv, hd, layer.window)
-                    }
-                    KvView::Q8_0(kc, vc) => {
-                        let (kc, vc) = (ops::Q8Rows(kc), ops::Q8Rows(vc));
-                        ops::attention(q, &kc, &vc, attn, m, pos0, nh, nkv, hd, layer.window)
-                    }
-                }
+                let kv = s.cache.layer(li);
+                ops::attention(q, kv, attn, m, pos0, nh, nkv, hd, layer.window)?;
                 r0 += m;
             }
-            layer.o.forward(&attn, n, &mut proj)?;
+            layer.o.forward(&attn, &rows, &mut proj)?;
             for (a, b) in x.iter_mut().zip(&proj) {
                 *a += b;
             }
@@ -483,12 +505,12 @@ impl Qwen2 {
                     up: u,
                     down,
                 } => {
-                    g.forward(&normed, n, &mut gate)?;
-                    u.forward(&normed, n, &mut up)?;
+                    g.forward(&normed, &rows, &mut gate)?;
+                    u.forward(&normed, &rows, &mut up)?;
                     ops::silu_mul(&mut gate, &up);
-                    down.forward(&gate, n, &mut proj)?;
+                    down.forward(&gate, &rows, &mut proj)?;
                 }
-                Mlp::Sparse(moe) => moe.forward(&normed, n, &mut proj)?,
+                Mlp::Sparse(moe) => moe.forward(&normed, &rows, &mut proj)?,
             }
             for (a, b) in x.iter_mut().zip(&proj) {
                 *a += b;
@@ -505,11 +527,14 @@ impl Qwen2 {
 }
 
 /// One sequence of [`Qwen2::forward_batch`]: its new tokens (one to decode, a chunk of its
-/// prompt to prefill), its own cache, and which of its positions get logits.
+/// prompt to prefill), its own cache, which of its positions get logits, and its rows' role
+/// (`Prompt` for every prompt chunk, however short; `Decode` for a sampled token), which
+/// alone picks the kernels its rows take (issue 5).
 pub struct BatchSeq<'a> {
     pub tokens: &'a [u32],
     pub cache: &'a mut KvCache,
     pub logits: Logits,
+    pub role: RowRole,
 }
 
 /// A sequence's share of one pass's rows.
@@ -519,4 +544,5 @@ struct Seg<'a> {
     rope: &'a Rope,
     /// Logits for this many of its last rows.
     out_rows: usize,
+    role: RowRole,
 }

@@ -10,14 +10,15 @@
 //! Experts are views into the file's stacked (GGUF) or per-expert (safetensors) tensors, so a
 //! token reads only the bytes of the experts it picked. A prefill groups its rows by expert:
 //! the rows routed to expert e are gathered, go through one matmul per projection, and are
-//! scattered back with their routing weight.
-
-use qwen2_kernels::matmul;
+//! scattered back with their routing weight. Every matmul runs by row role (`rows.rs`): an
+//! expert's gathered rows keep their roles, so a row's numerics never depend on which other
+//! rows picked the same expert.
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::{convert, Linear, Precision};
 use crate::ops;
+use crate::rows::RoleRuns;
 use crate::weights::{Tensor, WeightSource};
 
 /// One routed expert: `[I, H]` gate and up, `[H, I]` down.
@@ -94,11 +95,11 @@ impl SparseMoe {
 
     /// The top-k experts of each of the `n` rows of `x` and their weights, as
     /// `[(expert, weight); top_k]` per row.
-    fn route(&self, x: &[f32], n: usize) -> Result<Vec<(usize, f32)>> {
+    fn route(&self, x: &[f32], rows: &RoleRuns) -> Result<Vec<(usize, f32)>> {
         let ne = self.experts.len();
-        let mut probs = vec![0f32; n * ne];
-        matmul(&self.router.as_mat()?, x, n, &mut probs)?;
-        let mut picks = Vec::with_capacity(n * self.top_k);
+        let mut probs = vec![0f32; rows.len() * ne];
+        rows.matmul(&self.router.as_mat()?, x, &mut probs)?;
+        let mut picks = Vec::with_capacity(rows.len() * self.top_k);
         let mut order: Vec<usize> = (0..ne).collect();
         for row in probs.chunks_exact_mut(ne) {
             ops::softmax(row);
@@ -112,10 +113,11 @@ impl SparseMoe {
         Ok(picks)
     }
 
-    /// `out[t] = MoE(x[t])` for the `n` rows of `x` (`[n, H]` each).
-    pub(crate) fn forward(&self, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
+    /// `out[t] = MoE(x[t])` for the rows of `x` (`[n, H]` each), each by its role.
+    pub(crate) fn forward(&self, x: &[f32], rows_in: &RoleRuns, out: &mut [f32]) -> Result<()> {
         let (h, ff) = (self.hidden, self.moe_ff);
-        let picks = self.route(x, n)?;
+        let n = rows_in.len();
+        let picks = self.route(x, rows_in)?;
 
         // Rows per expert, in token order: (token, weight).
         let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); self.experts.len()];
@@ -139,10 +141,12 @@ impl SparseMoe {
             gate.resize(m * ff, 0.0);
             up.resize(m * ff, 0.0);
             y.resize(m * h, 0.0);
-            matmul(&expert.gate.as_mat()?, &xs, m, &mut gate)?;
-            matmul(&expert.up.as_mat()?, &xs, m, &mut up)?;
+            // Gathered in token order, so the roles still form contiguous runs.
+            let runs = RoleRuns::from_segments(rows.iter().map(|&(t, _)| (rows_in.role_of(t), 1)));
+            runs.matmul(&expert.gate.as_mat()?, &xs, &mut gate)?;
+            runs.matmul(&expert.up.as_mat()?, &xs, &mut up)?;
             ops::silu_mul(&mut gate, &up);
-            matmul(&expert.down.as_mat()?, &gate, m, &mut y)?;
+            runs.matmul(&expert.down.as_mat()?, &gate, &mut y)?;
             for (&(t, w), yr) in rows.iter().zip(y.chunks_exact(h)) {
                 for (o, v) in out[t * h..(t + 1) * h].iter_mut().zip(yr) {
                     *o += w * v;
@@ -154,11 +158,11 @@ impl SparseMoe {
         let sff = self.shared_ff;
         let mut sg = vec![0f32; n * sff];
         let mut su = vec![0f32; n * sff];
-        self.shared_gate.forward(x, n, &mut sg)?;
-        self.shared_up.forward(x, n, &mut su)?;
+        self.shared_gate.forward(x, rows_in, &mut sg)?;
+        self.shared_up.forward(x, rows_in, &mut su)?;
         ops::silu_mul(&mut sg, &su);
         let mut shared = vec![0f32; n * h];
-        self.shared_down.forward(&sg, n, &mut shared)?;
+        self.shared_down.forward(&sg, rows_in, &mut shared)?;
         for t in 0..n {
             let xr = &x[t * h..(t + 1) * h];
             let g: f32 = xr

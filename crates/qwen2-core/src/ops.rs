@@ -5,6 +5,8 @@
 use rayon::prelude::*;
 
 use crate::config::{yarn_mscale, Config, RopeScaling};
+use crate::error::Result;
+use crate::kv_cache::KvView;
 
 /// `out = x / sqrt(mean(x²) + eps) * w`, row by row (Qwen2RMSNorm: normalise in f32, then
 /// multiply by the weight).
@@ -201,8 +203,45 @@ impl Rope {
     }
 }
 
+/// Causal grouped-query attention for `n_new` query rows against a cache holding
+/// `pos0 + n_new` key/value rows (the new ones already appended): `qwen2_kernels::attention`,
+/// the tiled flash-attention kernel (f32 K·Q, online softmax and P·V; batch invariant per row).
+///
+/// `q`, `out`: `[n_new, n_heads * hd]`. `window`: sliding-window size; the query at position
+/// `i` sees key `j` iff `j <= i` and `i - j < window` — transformers' `sliding_window_overlay`
+/// (`kv_idx > q_idx - window`), checked by scripts/fixtures/long_context.py.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &[f32],
+    kv: KvView<'_>,
+    out: &mut [f32],
+    n_new: usize,
+    pos0: usize,
+    n_heads: usize,
+    n_kv: usize,
+    hd: usize,
+    window: Option<usize>,
+) -> Result<()> {
+    use qwen2_kernels::KvData;
+    let (k, v) = match kv {
+        KvView::F32(k, v) => (KvData::F32(k), KvData::F32(v)),
+        KvView::F16(k, v) => (KvData::F16(k), KvData::F16(v)),
+        KvView::Q8_0(k, v) => (KvData::Q8_0(k), KvData::Q8_0(v)),
+    };
+    let shape = qwen2_kernels::AttnShape {
+        n_new,
+        pos0,
+        n_heads,
+        n_kv,
+        head_dim: hd,
+        window,
+    };
+    qwen2_kernels::attention(q, k, v, out, &shape)?;
+    Ok(())
+}
+
 /// Cached keys or values of one layer, read as f32: f32 borrowed as is, f16 widened, Q8_0
-/// dequantized, one head's slice at a time.
+/// dequantized, one head's slice at a time (for [`attention_reference`]).
 pub trait KvRows: Sync {
     /// Values `[off, off + buf.len())` of the flat `[len, kv_dim]` array, as f32.
     fn read<'a>(&'a self, off: usize, buf: &'a mut [f32]) -> &'a [f32];
@@ -251,8 +290,9 @@ impl KvRows for Q8Rows<'_> {
     }
 }
 
-/// Causal grouped-query attention for `n_new` query rows against a cache holding
-/// `pos0 + n_new` key/value rows (the new ones already appended).
+/// The naive reference [`attention`] is tested against: one task per (token, head), scores for
+/// every visible key, then softmax and the weighted sum. Slow (scalar dots, one allocation per
+/// task) but plainly right.
 ///
 /// `q`: `[n_new, n_heads * hd]`; `k`, `v`: `[>= pos0 + n_new, n_kv * hd]` in f32, f16 or Q8_0
 /// (read as f32; the K·Q product, softmax and the weighted sum are f32); `out`: like `q`.
@@ -260,7 +300,7 @@ impl KvRows for Q8Rows<'_> {
 /// `i - j < window` — transformers' `sliding_window_overlay` (`kv_idx > q_idx - window`),
 /// checked by scripts/fixtures/long_context.py.
 #[allow(clippy::too_many_arguments)]
-pub fn attention<T: KvRows + ?Sized>(
+pub fn attention_reference<T: KvRows + ?Sized>(
     q: &[f32],
     k: &T,
     v: &T,
@@ -353,6 +393,136 @@ mod tests {
         }
     }
 
+    /// Deterministic values in [-s, s) (no rand dev-dependency here).
+    fn lcg(seed: u64, n: usize, s: f32) -> Vec<f32> {
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * s
+            })
+            .collect()
+    }
+
+    #[test]
+    fn flash_attention_matches_the_naive_reference_for_every_kv_dtype() {
+        use half::f16;
+        use qwen2_kernels::{quantize_row, GgmlType};
+        // (head_dim, n_heads, n_kv): tiny heads (scalar kernel for 2 and 4; 8 and 16 start
+        // inside Q8_0 blocks), the 0.5B model's 64 with GQA group 7, and 128.
+        let heads = [
+            (2, 16, 16),
+            (4, 8, 8),
+            (8, 8, 4),
+            (16, 4, 2),
+            (64, 14, 2),
+            (128, 4, 2),
+        ];
+        let mut worst = 0f32;
+        for (i, &(hd, nh, nkv)) in heads.iter().enumerate() {
+            for (pos0, n_new, window) in [(0, 9, None), (70, 3, Some(20)), (150, 1, None)] {
+                let (len, kvd) = (pos0 + n_new, nkv * hd);
+                let q = lcg(i as u64, n_new * nh * hd, 2.0);
+                let k = lcg(100 + i as u64, len * kvd, 1.0);
+                let v = lcg(200 + i as u64, len * kvd, 1.0);
+                let (k16, v16): (Vec<f16>, Vec<f16>) = (
+                    k.iter().map(|&x| f16::from_f32(x)).collect(),
+                    v.iter().map(|&x| f16::from_f32(x)).collect(),
+                );
+                let q8 = |x: &[f32]| {
+                    let mut b = vec![0u8; GgmlType::Q8_0.row_bytes(x.len()).unwrap()];
+                    quantize_row(GgmlType::Q8_0, x, &mut b).unwrap();
+                    b
+                };
+                let (k8, v8) = (q8(&k), q8(&v));
+                let mut want = vec![0f32; q.len()];
+                let mut got = vec![0f32; q.len()];
+                let mut check = |want: &[f32], got: &[f32], what: &str| {
+                    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    let err = want
+                        .iter()
+                        .zip(got)
+                        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                    worst = worst.max(err / scale);
+                    assert!(err <= 1e-5 * scale, "{what} hd {hd} pos0 {pos0}: {err}");
+                };
+                let args = (n_new, pos0, nh, nkv, hd, window);
+                attention_reference(
+                    &q,
+                    &k[..],
+                    &v[..],
+                    &mut want,
+                    args.0,
+                    args.1,
+                    args.2,
+                    args.3,
+                    args.4,
+                    args.5,
+                );
+                attention(
+                    &q,
+                    KvView::F32(&k, &v),
+                    &mut got,
+                    args.0,
+                    args.1,
+                    args.2,
+                    args.3,
+                    args.4,
+                    args.5,
+                )
+                .unwrap();
+                check(&want, &got, "f32");
+                attention_reference(
+                    &q,
+                    &k16[..],
+                    &v16[..],
+                    &mut want,
+                    args.0,
+                    args.1,
+                    args.2,
+                    args.3,
+                    args.4,
+                    args.5,
+                );
+                attention(
+                    &q,
+                    KvView::F16(&k16, &v16),
+                    &mut got,
+                    args.0,
+                    args.1,
+                    args.2,
+                    args.3,
+                    args.4,
+                    args.5,
+                )
+                .unwrap();
+                check(&want, &got, "f16");
+                let (rk, rv) = (Q8Rows(&k8), Q8Rows(&v8));
+                attention_reference(
+                    &q, &rk, &rv, &mut want, args.0, args.1, args.2, args.3, args.4, args.5,
+                );
+                attention(
+                    &q,
+                    KvView::Q8_0(&k8, &v8),
+                    &mut got,
+                    args.0,
+                    args.1,
+                    args.2,
+                    args.3,
+                    args.4,
+                    args.5,
+                )
+                .unwrap();
+                check(&want, &got, "q8_0");
+            }
+        }
+        eprintln!("flash vs naive attention: worst error {worst:e} of max |out|");
+    }
+
     #[test]
     fn attention_single_key_returns_value() {
         // With one key, softmax is 1: the output is that value row.
@@ -360,7 +530,10 @@ mod tests {
         let k = vec![0.1f32; 2];
         let v = vec![5.0f32, -1.0];
         let mut out = vec![0f32; 4];
-        attention::<[f32]>(&q, &k, &v, &mut out, 1, 0, 2, 1, 2, None);
+        attention_reference::<[f32]>(&q, &k, &v, &mut out, 1, 0, 2, 1, 2, None);
+        assert_eq!(out, vec![5.0, -1.0, 5.0, -1.0]);
+        let mut out = vec![0f32; 4];
+        attention(&q, KvView::F32(&k, &v), &mut out, 1, 0, 2, 1, 2, None).unwrap();
         assert_eq!(out, vec![5.0, -1.0, 5.0, -1.0]);
     }
 }

@@ -36,6 +36,13 @@ pub enum KernelError {
         got: usize,
     },
 
+    #[error("attention shape mismatch: {what}: expected {expected}, got {got}")]
+    AttentionShape {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
+
     #[error("size overflow computing {what}")]
     Overflow { what: &'static str },
 

@@ -1,8 +1,15 @@
-//! Prefill GEMM (batch >= [`panel_min_batch`]): weights are dequantized once per row chunk
-//! into an f32 panel that stays in L2, and an f32 register-tile microkernel computes
-//! `TILE_R x TILE_C` dot products per pass, so each weight load feeds `TILE_C` activations and
-//! each activation load feeds `TILE_R` rows. The dequantization cost is amortized over the
-//! whole batch; the activations are used unquantized (more accurate than the Q8 decode path).
+//! Prompt-row GEMM ([`crate::matmul_prompt`], any batch; [`crate::matmul`] sends batches >=
+//! [`panel_min_batch`] here): weights are dequantized once per row chunk into an f32 panel
+//! that stays in L2, and an f32 register-tile microkernel computes `TILE_R x TILE_C` dot
+//! products per pass, so each weight load feeds `TILE_C` activations and each activation load
+//! feeds `TILE_R` rows. The dequantization cost is amortized over the whole batch; the
+//! activations are used unquantized (more accurate than the Q8 decode path).
+//!
+//! Batch invariance (issue 5): each output has its own 8-lane accumulator, reduced by a
+//! horizontal sum that never mixes accumulators, then the scalar k-tail, per k-block of a
+//! length fixed by `cols` alone; so a row's result is bitwise the same whatever the batch
+//! size, its place in a tile (`C < TILE_C` tails included) or the thread count
+//! (tests/batch_invariance.rs).
 //!
 //! Scalar twins: [`f32_tile_scalar`] (microkernel) and `scalar::dequantize` (panels).
 

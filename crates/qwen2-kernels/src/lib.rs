@@ -13,6 +13,8 @@
 //! - `matmul`: quantize activations once, split rows over rayon (decode, small batches).
 //! - `gemm`: prefill GEMM over dequantized f32 panels with a register-tile microkernel.
 
+mod attention;
+mod decode;
 mod error;
 mod gemm;
 mod isa;
@@ -23,9 +25,15 @@ mod types;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+pub use attention::{attention, attention_with_isa, AttnShape, KvData, KEY_BLOCK};
+#[doc(hidden)]
+pub use attention::{attention_scheduled, Schedule};
 pub use error::KernelError;
 pub use isa::{available_isas, detected_isa, isa_name, Isa};
-pub use matmul::{matmul, matmul_reference, matmul_vec_dot_with_isa, matmul_with_isa, QMatRef};
+pub use matmul::{
+    matmul, matmul_decode, matmul_decode_with_isa, matmul_prompt, matmul_prompt_with_isa,
+    matmul_reference, matmul_vec_dot_with_isa, matmul_with_isa, QMatRef,
+};
 pub use types::GgmlType;
 
 /// Dequantize one row of `dst.len()` values stored as `ty` blocks in `src`.

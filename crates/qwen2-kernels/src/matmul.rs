@@ -7,7 +7,7 @@
 //! row chunk that sits in L2 is reused against a tile of activations that sits in L1/L2.
 
 use crate::isa::{detected_isa, vec_dot_fn, Isa, VecDotFn};
-use crate::{gemm, scalar, GgmlType, KernelError};
+use crate::{decode, gemm, scalar, GgmlType, KernelError};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -95,7 +95,9 @@ fn check_shapes(w: &QMatRef, x: &[f32], batch: usize, out: &[f32]) -> Result<(),
 }
 
 /// `out[b * w.rows + r] = sum_k w[r][k] * x[b * w.cols + k]` for `b in 0..batch`, on the
-/// detected ISA (see [`crate::isa_name`]).
+/// detected ISA (see [`crate::isa_name`]). Picks the path by batch size, so a row's rounding
+/// depends on how many rows share the call; batch-invariant callers (the model) use
+/// [`matmul_prompt`] / [`matmul_decode`] by the row's role instead.
 pub fn matmul(w: &QMatRef, x: &[f32], batch: usize, out: &mut [f32]) -> Result<(), KernelError> {
     matmul_impl(detected_isa(), w, x, batch, out)
 }
@@ -112,6 +114,40 @@ pub fn matmul_with_isa(
     matmul_impl(isa, w, x, batch, out)
 }
 
+/// `out = W · x` for PROMPT rows: always the prefill GEMM (dequantized f32 panels, f32
+/// activations), for any number of rows, 1 included. Each output row is bitwise the same
+/// whatever the batch size, the row's position in it and the thread count, so a prompt's
+/// numerics never depend on its batch mates or on how it was chunked (issue 5).
+pub fn matmul_prompt(
+    w: &QMatRef,
+    x: &[f32],
+    batch: usize,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    matmul_prompt_with_isa(detected_isa(), w, x, batch, out)
+}
+
+/// [`matmul_prompt`] on an explicit ISA; errors if the CPU lacks it.
+pub fn matmul_prompt_with_isa(
+    isa: Isa,
+    w: &QMatRef,
+    x: &[f32],
+    batch: usize,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    isa.check_available()?;
+    check_shapes(w, x, batch, out)?;
+    if batch == 0 || w.rows == 0 {
+        return Ok(());
+    }
+    if w.cols == 0 {
+        out.fill(0.0);
+        return Ok(());
+    }
+    gemm::panel_matmul(isa, w, x, batch, out);
+    Ok(())
+}
+
 /// [`matmul_with_isa`] forced onto the per-row `vec_dot` path even for large batches (the
 /// pre-GEMM behaviour); for A/B benchmarks and tests only.
 #[doc(hidden)]
@@ -124,6 +160,40 @@ pub fn matmul_vec_dot_with_isa(
 ) -> Result<(), KernelError> {
     isa.check_available()?;
     matmul_impl_path(isa, w, x, batch, out, false)
+}
+
+/// `out = W · x` on the decode-row path for every batch size: each activation row's result is
+/// bitwise the same alone or batched with any other rows, under any thread count, and equal
+/// to [`crate::vec_dot`] of its quantized row (issue 5). Use it for generation rows; prompt
+/// rows go through [`matmul_prompt`] (the GEMM, equally row-independent).
+pub fn matmul_decode(
+    w: &QMatRef,
+    x: &[f32],
+    batch: usize,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    matmul_decode_with_isa(detected_isa(), w, x, batch, out)
+}
+
+/// [`matmul_decode`] on an explicit ISA (tests, benchmarks); errors if the CPU lacks it.
+pub fn matmul_decode_with_isa(
+    isa: Isa,
+    w: &QMatRef,
+    x: &[f32],
+    batch: usize,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    isa.check_available()?;
+    check_shapes(w, x, batch, out)?;
+    if batch == 0 || w.rows == 0 {
+        return Ok(());
+    }
+    if w.cols == 0 {
+        out.fill(0.0);
+        return Ok(());
+    }
+    decode::decode_rows(isa, w, x, batch, out);
+    Ok(())
 }
 
 /// Reference: dequantize each weight row to f32 and take f64-accumulated dot products with the
@@ -194,6 +264,10 @@ fn matmul_impl_path(
     }
     if allow_panel && isa >= Isa::Avx2 && batch >= gemm::panel_min_batch(w.ty) {
         gemm::panel_matmul(isa, w, x, batch, out);
+        return Ok(());
+    }
+    if allow_panel {
+        decode::decode_rows(isa, w, x, batch, out);
         return Ok(());
     }
     let vdt = w.ty.vec_dot_type();

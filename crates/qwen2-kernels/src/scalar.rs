@@ -56,6 +56,19 @@ pub(crate) fn q3k_scales(s: &[u8]) -> [i8; 16] {
     out
 }
 
+/// `v.round() as i8` (half away from zero, saturating; NaN -> 0) without `f32::round`, which
+/// is a `roundf` libm call on the x86-64 baseline: Q8_0 activation quantization runs once per
+/// matmul call on the decode path, serially, and was dominated by those calls.
+#[inline(always)]
+pub(crate) fn round_to_i8(v: f32) -> i8 {
+    let t = v as i32; // truncates toward zero, saturates, NaN -> 0
+                      // Exact for |v| < 2^23; larger |v| are integers already (frac 0) or saturate below.
+    let frac = v - t as f32;
+    // Clamp first so the +-1 cannot overflow; branch-free so the block loop vectorizes.
+    let t = t.clamp(-1000, 1000) + (frac >= 0.5) as i32 - (frac <= -0.5) as i32;
+    t.clamp(i8::MIN as i32, i8::MAX as i32) as i8
+}
+
 /// ggml's `nearest_int`: round half to even via the 1.5*2^23 trick (valid for |x| < 2^22).
 #[inline(always)]
 pub(crate) fn nearest_int(fval: f32) -> i32 {
@@ -326,7 +339,7 @@ pub(crate) fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             put_f16(b, 0, d);
             for j in 0..QK {
-                b[2 + j] = (x[j] * id).round() as i8 as u8;
+                b[2 + j] = round_to_i8(x[j] * id) as u8;
             }
         }),
         GgmlType::Q8_1 => blocks.for_each(|(x, b)| {
@@ -335,7 +348,7 @@ pub(crate) fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             let mut sum = 0i32;
             for j in 0..QK {
-                let q = (x[j] * id).round() as i8;
+                let q = round_to_i8(x[j] * id);
                 b[4 + j] = q as u8;
                 sum += q as i32;
             }
@@ -624,4 +637,64 @@ pub(crate) fn vec_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
 #[inline(always)]
 fn bsum(y: &[u8], g: usize) -> i32 {
     i16::from_le_bytes([y[260 + 2 * g], y[261 + 2 * g]]) as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_to_i8;
+
+    #[test]
+    fn round_to_i8_matches_f32_round_cast() {
+        let mut cases = vec![
+            0.0f32,
+            -0.0,
+            0.5,
+            -0.5,
+            1.5,
+            -1.5,
+            2.5,
+            -2.5,
+            0.49999997,
+            -0.49999997,
+            126.5,
+            127.0,
+            127.49,
+            127.5,
+            127.9,
+            128.5,
+            -127.5,
+            -128.0,
+            -128.49,
+            -128.5,
+            -129.5,
+            1e9,
+            -1e9,
+            f32::MAX,
+            f32::MIN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            8388607.5,
+            1e-40,
+        ];
+        // Every half-integer and its float neighbours across the i8 range and beyond.
+        for k in -300..300 {
+            let h = k as f32 + 0.5;
+            cases.extend([
+                h,
+                f32::from_bits(h.to_bits() + 1),
+                f32::from_bits(h.to_bits() - 1),
+            ]);
+        }
+        let mut s = 0x2545F4914F6CDD1Du64;
+        for _ in 0..200_000 {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            cases.push((s >> 40) as f32 / (1u64 << 24) as f32 * 300.0 - 150.0);
+        }
+        for v in cases {
+            assert_eq!(round_to_i8(v), v.round() as i8, "{v:e}");
+        }
+    }
 }

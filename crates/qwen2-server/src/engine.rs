@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use qwen2_core::kv_cache::KvCache;
 use qwen2_core::loader::LoadedModel;
 use qwen2_core::sampling::{Sampler, SamplingParams};
-use qwen2_core::{BatchSeq, Logits};
+use qwen2_core::{BatchSeq, Logits, RowRole};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use self::prefix_cache::PrefixCache;
@@ -421,6 +421,10 @@ struct Work {
     seq: usize,
     tokens: Vec<u32>,
     logits: Logits,
+    /// Prompt chunks (however short, e.g. after a prefix-cache hit) are `Prompt`, sampled
+    /// tokens `Decode`: the role alone picks the kernels, so a request's output does not
+    /// depend on its batch mates or on the prefix cache (issue 5).
+    role: RowRole,
 }
 
 struct Scheduler {
@@ -593,6 +597,7 @@ impl Scheduler {
                     seq: i,
                     tokens: vec![t],
                     logits: Logits::Last,
+                    role: RowRole::Decode,
                 });
             } else if s.prefilling() && budget > 0 {
                 let rest = &s.req.prompt[s.fed..];
@@ -606,12 +611,16 @@ impl Scheduler {
                     } else {
                         Logits::None
                     },
+                    role: RowRole::Prompt,
                 });
             }
         }
         if work.is_empty() {
             return;
         }
+        // Decode rows first, then prompt rows: two contiguous runs, so each linear layer
+        // takes two kernel calls however the roles interleave in `active`.
+        work.sort_by_key(|w| w.role == RowRole::Prompt);
         let prefilled: usize = work
             .iter()
             .filter(|w| self.active[w.seq].prefilling())
@@ -628,6 +637,7 @@ impl Scheduler {
                         tokens: &w.tokens,
                         cache: caches[w.seq].take()?,
                         logits: w.logits,
+                        role: w.role,
                     })
                 })
                 .collect();

@@ -82,7 +82,7 @@ pub(crate) unsafe fn f16_at(p: *const u8) -> f32 {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn loadu(p: *const u8) -> __m256i {
+pub(crate) unsafe fn loadu(p: *const u8) -> __m256i {
     // SAFETY: caller guarantees 32 readable bytes at p.
     unsafe { _mm256_loadu_si256(p as *const __m256i) }
 }
@@ -100,7 +100,7 @@ fn mul_sum_i8_pairs_ps(x: __m256i, y: __m256i) -> __m256 {
 /// 32 nibbles of 16 bytes: low nibbles in bytes 0..16, high nibbles in bytes 16..32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn nibbles_32(p: *const u8) -> __m256i {
+pub(crate) unsafe fn nibbles_32(p: *const u8) -> __m256i {
     // SAFETY: caller guarantees 16 readable bytes at p.
     let q = unsafe { _mm_loadu_si128(p as *const __m128i) };
     let m = _mm_set1_epi8(0x0F);

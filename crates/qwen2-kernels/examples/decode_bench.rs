@@ -1,0 +1,111 @@
+//! A/B of the decode-row path (`matmul_decode`, tile kernels) against the per-pair `vec_dot`
+//! loop (`matmul_vec_dot_with_isa`) on the default model's decode shapes, batch 1/4/8.
+//!
+//! `cargo run --release -p qwen2-kernels --example decode_bench [-- filter]`
+//!
+//! Both paths run interleaved in one process, several rounds, best time each, on a 1-thread
+//! pool (kernel cost, least sensitive to other load) and on the global pool (wall clock).
+//! Prints `old/new` ratios: > 1 means the decode path is faster.
+
+use qwen2_kernels::{matmul_decode, matmul_vec_dot_with_isa, quantize_row, GgmlType, QMatRef};
+use std::time::Instant;
+
+fn matrix(ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
+    let rb = ty.row_bytes(cols).expect("block multiple");
+    let mut s = 0x9E3779B97F4A7C15u64;
+    let mut data = vec![0u8; rows * rb];
+    let mut x = vec![0f32; cols];
+    for row in data.chunks_mut(rb) {
+        for v in x.iter_mut() {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            *v = (s % 2001) as f32 / 1000.0 - 1.0;
+        }
+        quantize_row(ty, &x, row).expect("quantize");
+    }
+    data
+}
+
+fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
+    let mut best = f64::MAX;
+    for _ in 0..reps {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    best
+}
+
+fn main() {
+    let filter = std::env::args().nth(1).unwrap_or_default();
+    let isa = qwen2_kernels::detected_isa();
+    let shapes = [
+        ("q5_0 gate/up 4864x896", GgmlType::Q5_0, 4864, 896),
+        ("q5_0 q/o 896x896", GgmlType::Q5_0, 896, 896),
+        ("q8_0 v 128x896", GgmlType::Q8_0, 128, 896),
+        ("q8_0 lm_head/8 18992x896", GgmlType::Q8_0, 18992, 896),
+        ("q4_k down 896x4864", GgmlType::Q4K, 896, 4864),
+        ("q6_k down 896x4864", GgmlType::Q6K, 896, 4864),
+    ];
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
+    println!(
+        "isa {} threads {}",
+        isa.name(),
+        rayon::current_num_threads()
+    );
+    if filter.is_empty() || filter == "quant" {
+        // Activation quantization: serial, once per matmul call (a 0.5B decode step makes ~250).
+        for (ty, n) in [(GgmlType::Q8_0, 896), (GgmlType::Q8K, 4864)] {
+            let x: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            let mut q = vec![0u8; ty.row_bytes(n).expect("row bytes")];
+            let t = best_of(200, || quantize_row(ty, &x, &mut q).expect("quantize"));
+            println!("quantize {ty} x{n}: {:.2} us", t * 1e6);
+        }
+    }
+    for (name, ty, rows, cols) in shapes {
+        if !filter.is_empty() && !name.contains(&filter) {
+            continue;
+        }
+        let data = matrix(ty, rows, cols);
+        let w = QMatRef::new(ty, rows, cols, &data).expect("shape");
+        let reps = (40_000_000 / data.len()).clamp(3, 200);
+        for batch in [1, 4, 8] {
+            let x: Vec<f32> = (0..batch * cols)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            let mut out = vec![0f32; batch * rows];
+            let (mut old1, mut new1, mut old2, mut new2) = (f64::MAX, f64::MAX, f64::MAX, f64::MAX);
+            for _round in 0..5 {
+                one.install(|| {
+                    old1 = old1.min(best_of(reps, || {
+                        matmul_vec_dot_with_isa(isa, &w, &x, batch, &mut out).expect("old")
+                    }));
+                    new1 = new1.min(best_of(reps, || {
+                        matmul_decode(&w, &x, batch, &mut out).expect("new")
+                    }));
+                });
+                old2 = old2.min(best_of(reps, || {
+                    matmul_vec_dot_with_isa(isa, &w, &x, batch, &mut out).expect("old")
+                }));
+                new2 = new2.min(best_of(reps, || {
+                    matmul_decode(&w, &x, batch, &mut out).expect("new")
+                }));
+            }
+            println!(
+                "{name:26} b{batch}: 1 thread {:8.1} -> {:8.1} us (x{:.2}) | pool {:8.1} -> {:8.1} us (x{:.2})",
+                old1 * 1e6,
+                new1 * 1e6,
+                old1 / new1,
+                old2 * 1e6,
+                new2 * 1e6,
+                old2 / new2
+            );
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Decode rows: `out = W · x` for activation rows whose results must not depend on their batch
+//! mates (issue 5: a request's numerics are chosen by the row's role, never by batch size).
+//!
+//! Every `(weight row, activation row)` pair is computed by the same per-pair sequence of
+//! float operations as the single-row `vec_dot` of the ISA, whichever tile it lands in: the
+//! multi-row tile kernels (`x86::avx2_decode`) only share loads and weight unpacking between
+//! pairs, each pair keeps its own accumulators. So a row's result is bitwise identical alone
+//! (GEMV), in a batch of 2..N decode rows, and under any thread count or row chunking.
+//!
+//! Work split: each task owns a chunk of weight rows and runs every activation row against it,
+//! so each weight byte is streamed from memory once per call; within a tile of up to `TILE_C`
+//! activation rows, one unpacked weight block is dotted against up to 4 activation rows.
+
+use crate::isa::{vec_dot_fn, Isa, VecDotFn};
+use crate::matmul::{OutPtr, QMatRef};
+use crate::{scalar, GgmlType};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Quantized activation rows: `rows * stride` bytes of `vec_dot_type` blocks, plus (for Q8_0
+/// activations) each block's f16 scale widened to f32 once, `d_stride` per row, so tile
+/// kernels do not convert the same activation scale once per weight row.
+#[derive(Clone, Copy)]
+pub(crate) struct ActRows<'a> {
+    pub q: &'a [u8],
+    pub stride: usize,
+    pub d: &'a [f32],
+    pub d_stride: usize,
+}
+
+impl<'a> ActRows<'a> {
+    pub(crate) fn rows(&self) -> usize {
+        self.q.len() / self.stride.max(1)
+    }
+
+    /// Rows `c0..c1`.
+    fn sub(&self, c0: usize, c1: usize) -> ActRows<'a> {
+        ActRows {
+            q: &self.q[c0 * self.stride..c1 * self.stride],
+            stride: self.stride,
+            d: &self.d
+                [(c0 * self.d_stride).min(self.d.len())..(c1 * self.d_stride).min(self.d.len())],
+            d_stride: self.d_stride,
+        }
+    }
+}
+
+/// `out[r * nc + c] = vec_dot(n, w row r, act row c)` for the `w.len() / rb` weight rows in `w`
+/// and the `nc = acts.rows()` activation rows; bitwise equal to the ISA's `vec_dot`.
+pub(crate) type DotTileFn = fn(n: usize, w: &[u8], rb: usize, acts: &ActRows, out: &mut [f32]);
+
+/// Activation rows per tile call (bounds the caller's scratch: `ROWS_PER_TILE * TILE_C`).
+const TILE_C: usize = 16;
+/// Weight rows per tile call.
+const ROWS_PER_TILE: usize = 16;
+
+#[derive(Clone, Copy)]
+enum Kernel {
+    Tile(DotTileFn),
+    Dot(VecDotFn),
+}
+
+/// The tile kernel for `ty` on `isa`, or `None` where the per-pair `vec_dot` is used (scalar,
+/// formats without tile kernels, and AVX-512 formats whose `vec_dot` differs from AVX2's).
+pub(crate) fn dot_tile_fn(isa: Isa, ty: GgmlType) -> Option<DotTileFn> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if isa >= Isa::Avx512 && crate::x86::avx512::vec_dot_fn(ty).is_some() {
+            return None;
+        }
+        if isa >= Isa::Avx2 {
+            return crate::x86::avx2_decode::dot_tile_fn(ty);
+        }
+    }
+    let _ = (isa, ty);
+    None
+}
+
+thread_local! {
+    static DECODE_BUF: RefCell<(Vec<u8>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// `out[b * w.rows + r] = W[r] · x[b]` on the decode-row path. Shapes were checked by the caller
+/// (`matmul::check_shapes`), `batch >= 1`, `w.rows >= 1`, `w.cols >= 1`.
+pub(crate) fn decode_rows(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [f32]) {
+    let kernel = match dot_tile_fn(isa, w.ty) {
+        Some(t) => Kernel::Tile(t),
+        None => Kernel::Dot(vec_dot_fn(isa, w.ty)),
+    };
+    // Reuse this thread's buffers; if they are already borrowed (a nested matmul on a rayon
+    // worker that stole work while waiting), fall back to fresh allocations.
+    DECODE_BUF.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bufs) => {
+            let (q, d) = &mut *bufs;
+            run(kernel, w, x, batch, out, q, d);
+        }
+        Err(_) => run(kernel, w, x, batch, out, &mut Vec::new(), &mut Vec::new()),
+    });
+}
+
+fn run(
+    kernel: Kernel,
+    w: &QMatRef,
+    x: &[f32],
+    batch: usize,
+    out: &mut [f32],
+    qbuf: &mut Vec<u8>,
+    dbuf: &mut Vec<f32>,
+) {
+    let cols = w.cols;
+    let vdt = w.ty.vec_dot_type();
+    let arb = vdt.row_bytes(cols).unwrap_or(0);
+    qbuf.resize(arb * batch, 0);
+    // Each activation row is quantized on its own, so its bytes never depend on the batch.
+    if batch >= 4 {
+        qbuf.par_chunks_mut(arb)
+            .zip(x.par_chunks(cols))
+            .for_each(|(a, xb)| scalar::quantize(vdt, xb, a));
+    } else {
+        for (a, xb) in qbuf.chunks_mut(arb).zip(x.chunks(cols)) {
+            scalar::quantize(vdt, xb, a);
+        }
+    }
+    let d_stride = if vdt == GgmlType::Q8_0 && matches!(kernel, Kernel::Tile(_)) {
+        cols / 32
+    } else {
+        0
+    };
+    dbuf.clear();
+    for a in qbuf.chunks(arb.max(1)) {
+        dbuf.extend(
+            a.chunks_exact(34)
+                .take(d_stride)
+                .map(|b| scalar::f16_at(b, 0)),
+        );
+    }
+    let acts = ActRows {
+        q: qbuf,
+        stride: arb,
+        d: dbuf,
+        d_stride,
+    };
+
+    let rows = w.rows;
+    let rb = w.row_bytes();
+    let threads = rayon::current_num_threads().max(1);
+    // ~4 chunks per thread (load balance on a shared machine), but at least ~128 KiB of weight
+    // work per task: a k/v projection (88-122 KiB) runs inline, measured 2x faster than split
+    // over two rayon threads (wake-up latency). The split never changes a pair's arithmetic,
+    // only who computes it.
+    let min_rows = (128 << 10) / (rb * batch).max(1);
+    let chunk = (rows / (threads * 4)).clamp(16, 512).max(min_rows);
+    let n_chunks = rows.div_ceil(chunk);
+    let optr = OutPtr(out.as_mut_ptr());
+    let task = |ci: usize| {
+        let mut tile = [0.0f32; ROWS_PER_TILE * TILE_C];
+        let r_end = ((ci + 1) * chunk).min(rows);
+        let mut b0 = 0;
+        while b0 < batch {
+            let b1 = (b0 + TILE_C).min(batch);
+            let a = acts.sub(b0, b1);
+            let nc = b1 - b0;
+            let mut r0 = ci * chunk;
+            while r0 < r_end {
+                let r1 = (r0 + ROWS_PER_TILE).min(r_end);
+                let nr = r1 - r0;
+                let t = &mut tile[..nr * nc];
+                match kernel {
+                    Kernel::Tile(f) => f(cols, &w.data[r0 * rb..r1 * rb], rb, &a, t),
+                    Kernel::Dot(f) => {
+                        for (r, tr) in t.chunks_exact_mut(nc).enumerate() {
+                            let wr = w.row(r0 + r);
+                            for (c, v) in tr.iter_mut().enumerate() {
+                                *v = f(cols, wr, &a.q[c * arb..(c + 1) * arb]);
+                            }
+                        }
+                    }
+                }
+                for (r, tr) in t.chunks_exact(nc).enumerate() {
+                    for (c, &v) in tr.iter().enumerate() {
+                        // SAFETY: b0 + c < batch and r0 + r < rows, so the index is within
+                        // `out` (len == batch * rows, checked by the caller); row chunks are
+                        // disjoint across tasks and `out` is mutably borrowed for the whole
+                        // parallel section.
+                        unsafe { *optr.get().add((b0 + c) * rows + r0 + r) = v };
+                    }
+                }
+                r0 = r1;
+            }
+            b0 = b1;
+        }
+    };
+    if n_chunks == 1 {
+        task(0);
+    } else {
+        (0..n_chunks).into_par_iter().for_each(task);
+    }
+}

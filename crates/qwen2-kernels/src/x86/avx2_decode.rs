@@ -1,0 +1,367 @@
+//! AVX2 decode-row tile kernels (see `crate::decode`): several `(weight row, activation row)`
+//! dot products per call, each pair bitwise equal to the single-row kernel of `super::avx2`.
+//!
+//! Each pair performs exactly the float operations of its `vec_dot` twin in the same order
+//! (same per-block scale products, same FMA chains: even/odd blocks for the 32-value formats,
+//! same final horizontal sums); only loads, weight unpacking and activation-scale widening are
+//! shared between pairs: one weight row is unpacked once per block and dotted against up to 4
+//! activation rows. The kernels are generic over `R` weight rows too, but only `R = 1` is
+//! used (see `tile_entry!`).
+
+use super::avx2::{bytes_from_bits_32, hsum_ps, k4_unpack, loadu, nibbles_32};
+use crate::decode::{ActRows, DotTileFn};
+use crate::GgmlType;
+use std::arch::x86_64::*;
+
+pub(crate) fn dot_tile_fn(ty: GgmlType) -> Option<DotTileFn> {
+    Some(match ty {
+        GgmlType::Q8_0 => tile_q8_0,
+        GgmlType::Q5_0 => tile_q5_0,
+        GgmlType::Q4_0 => tile_q4_0,
+        GgmlType::Q4K => tile_q4_k,
+        GgmlType::Q6K => tile_q6_k,
+        _ => return None,
+    })
+}
+
+/// Checks the tile contract (panics on a caller bug instead of reading out of bounds) and
+/// returns `(blocks per row, weight rows, activation rows)`.
+#[allow(clippy::too_many_arguments)]
+fn check(
+    n: usize,
+    bs: usize,
+    ts: usize,
+    ats: usize,
+    w: &[u8],
+    rb: usize,
+    acts: &ActRows,
+    out: &[f32],
+    act_scales: bool,
+) -> (usize, usize, usize) {
+    let nb = n / bs;
+    let nr = w.len() / rb.max(1);
+    let nc = acts.rows();
+    assert!(rb >= nb * ts && w.len() == nr * rb, "weight tile shape");
+    assert!(
+        acts.stride >= nb * ats && acts.q.len() == nc * acts.stride,
+        "activation tile shape"
+    );
+    assert!(
+        !act_scales || (acts.d_stride >= nb && acts.d.len() >= nc * acts.d_stride),
+        "activation scales"
+    );
+    assert_eq!(out.len(), nr * nc, "tile output");
+    (nb, nr, nc)
+}
+
+/// The f16 at `p` widened to f32 in all 8 lanes (`vpbroadcastw` + `vcvtph2ps`). Not a scalar
+/// `f16 -> f32`: LLVM turns that 2-byte load into `vpinsrw` merging into an unrelated register
+/// (often an accumulator), a false dependency that chained every block to the previous FMA.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_bcast(p: *const u8) -> __m256 {
+    // SAFETY: caller guarantees 2 readable bytes at p.
+    let h = unsafe { std::ptr::read_unaligned(p as *const i16) };
+    _mm256_cvtph_ps(_mm_set1_epi16(h))
+}
+
+/// Generates a safe tile entry over a `<R, C>` kernel
+/// `unsafe fn(nb, [w; R], [a; C], [a_scales; C]) -> [[f32; C]; R]`: per weight row, `<1, 4>`
+/// over groups of 4 activation rows and a `<1, 1..=3>` remainder. (`<4, 1>` GEMV tiles, four
+/// weight rows against one activation row, measured up to 3x slower on the Q8_0 lm_head.)
+macro_rules! tile_entry {
+    ($name:ident, $kernel:ident, $bs:expr, $ts:expr, $ats:expr, $act_scales:expr) => {
+        fn $name(n: usize, w: &[u8], rb: usize, acts: &ActRows, out: &mut [f32]) {
+            let (nb, _, nc) = check(n, $bs, $ts, $ats, w, rb, acts, out, $act_scales);
+            if nc == 0 {
+                return;
+            }
+            let wp = |r: usize| w[r * rb..].as_ptr();
+            let ap = |c: usize| acts.q[c * acts.stride..].as_ptr();
+            let dp = |c: usize| {
+                if $act_scales {
+                    acts.d[c * acts.d_stride..].as_ptr()
+                } else {
+                    acts.d.as_ptr()
+                }
+            };
+            // SAFETY: `dot_tile_fn` of this module is only consulted for `Isa::Avx2` or higher,
+            // selected only after `Isa::is_available` confirmed avx2+fma+f16c. `check` verified
+            // that every weight pointer (r < nr) has `nb` blocks of $ts bytes, every activation
+            // pointer (c < nc) `nb` blocks of $ats bytes and (Q8_0 activations) `nb` scales.
+            unsafe {
+                for (r, o) in out.chunks_exact_mut(nc).enumerate() {
+                    let mut c = 0;
+                    while c + 4 <= nc {
+                        let v = $kernel::<1, 4>(
+                            nb,
+                            [wp(r)],
+                            [ap(c), ap(c + 1), ap(c + 2), ap(c + 3)],
+                            [dp(c), dp(c + 1), dp(c + 2), dp(c + 3)],
+                        );
+                        o[c..c + 4].copy_from_slice(&v[0]);
+                        c += 4;
+                    }
+                    match nc - c {
+                        3 => {
+                            let v = $kernel::<1, 3>(
+                                nb,
+                                [wp(r)],
+                                [ap(c), ap(c + 1), ap(c + 2)],
+                                [dp(c), dp(c + 1), dp(c + 2)],
+                            );
+                            o[c..].copy_from_slice(&v[0]);
+                        }
+                        2 => {
+                            let v = $kernel::<1, 2>(
+                                nb,
+                                [wp(r)],
+                                [ap(c), ap(c + 1)],
+                                [dp(c), dp(c + 1)],
+                            );
+                            o[c..].copy_from_slice(&v[0]);
+                        }
+                        1 => o[c] = $kernel::<1, 1>(nb, [wp(r)], [ap(c)], [dp(c)])[0][0],
+                        _ => {}
+                    }
+                }
+            }
+        }
+    };
+}
+
+// ------------------------------------------------------------------------------------------
+// 32-value blocks vs Q8_0 (twins of `avx2::q32_kernel!`)
+// ------------------------------------------------------------------------------------------
+
+macro_rules! q32_tile {
+    ($kernel:ident, $ts:expr, |$xp:ident| $decode:expr) => {
+        /// SAFETY (caller): avx2+fma+f16c available; each `w[r]` has `nb` blocks of $ts bytes,
+        /// each `a[c]` `nb` Q8_0 blocks and each `ad[c]` `nb` f32 scales.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $kernel<const R: usize, const C: usize>(
+            nb: usize,
+            w: [*const u8; R],
+            a: [*const u8; C],
+            ad: [*const f32; C],
+        ) -> [[f32; C]; R] {
+            // acc[k][r][c]: block parity k, as the single-row kernel's acc0 / acc1.
+            let mut acc = [[[_mm256_setzero_ps(); C]; R]; 2];
+            let ones = _mm256_set1_epi16(1);
+            let mut i = 0;
+            // SAFETY: blocks b < nb only, inside every row per the caller's contract.
+            unsafe {
+                while i < nb {
+                    let kmax = if i + 2 <= nb { 2 } else { 1 };
+                    for k in 0..2 {
+                        if k >= kmax {
+                            break;
+                        }
+                        let b = i + k;
+                        for r in 0..R {
+                            let $xp = w[r].add(b * $ts);
+                            let x: __m256i = $decode;
+                            let fx = f16_bcast($xp);
+                            let ax = _mm256_sign_epi8(x, x);
+                            for c in 0..C {
+                                let y = loadu(a[c].add(b * 34 + 2));
+                                // fx * fy: the same f32 product as `f16_mul_bcast`.
+                                let d = _mm256_mul_ps(fx, _mm256_broadcast_ss(&*ad[c].add(b)));
+                                let dot = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(y, x));
+                                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(dot, ones));
+                                acc[k][r][c] = _mm256_fmadd_ps(d, p, acc[k][r][c]);
+                            }
+                        }
+                    }
+                    i += 2;
+                }
+            }
+            let mut out = [[0.0f32; C]; R];
+            for r in 0..R {
+                for c in 0..C {
+                    out[r][c] = hsum_ps(_mm256_add_ps(acc[0][r][c], acc[1][r][c]));
+                }
+            }
+            out
+        }
+    };
+}
+
+q32_tile!(q8_0_k, 34, |xp| loadu(xp.add(2)));
+q32_tile!(q4_0_k, 18, |xp| _mm256_sub_epi8(
+    nibbles_32(xp.add(2)),
+    _mm256_set1_epi8(8)
+));
+q32_tile!(q5_0_k, 22, |xp| {
+    let qh = std::ptr::read_unaligned(xp.add(2) as *const u32);
+    let hi = _mm256_andnot_si256(bytes_from_bits_32(qh), _mm256_set1_epi8(0xF0u8 as i8));
+    _mm256_or_si256(nibbles_32(xp.add(6)), hi)
+});
+tile_entry!(tile_q8_0, q8_0_k, 32, 34, 34, true);
+tile_entry!(tile_q4_0, q4_0_k, 32, 18, 34, true);
+tile_entry!(tile_q5_0, q5_0_k, 32, 22, 34, true);
+
+// ------------------------------------------------------------------------------------------
+// k-quants vs Q8_K (twins of `avx2::q4_k_kernel` / `q6_k_kernel`)
+// ------------------------------------------------------------------------------------------
+
+/// SAFETY (caller): avx2+fma+f16c available; each `w[r]` has `nb` 144-byte blocks and each
+/// `a[c]` `nb` 292-byte Q8_K blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_k_k<const R: usize, const C: usize>(
+    nb: usize,
+    w: [*const u8; R],
+    a: [*const u8; C],
+    _ad: [*const f32; C],
+) -> [[f32; C]; R] {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    let mut acc_m = [[_mm_setzero_ps(); C]; R];
+    // SAFETY: blocks i < nb only, inside every row per the caller's contract.
+    unsafe {
+        for i in 0..nb {
+            let mut yd = [0.0f32; C];
+            let mut bsum = [_mm_setzero_si128(); C];
+            for c in 0..C {
+                let yp = a[c].add(i * 292);
+                yd[c] = std::ptr::read_unaligned(yp as *const f32);
+                let bs = _mm256_loadu_si256(yp.add(260) as *const __m256i);
+                bsum[c] = _mm_hadd_epi16(
+                    _mm256_castsi256_si128(bs),
+                    _mm256_extracti128_si256::<1>(bs),
+                );
+            }
+            for r in 0..R {
+                let xp = w[r].add(i * 144);
+                let (fd, fm) = (f16_bcast(xp), f16_bcast(xp.add(2)));
+                let (sc, mn) = k4_unpack(std::slice::from_raw_parts(xp.add(4), 12));
+                let mins = _mm_cvtepu8_epi16(_mm_loadl_epi64(mn.as_ptr() as *const __m128i));
+                let mut sumi = [_mm256_setzero_si256(); C];
+                let q4 = xp.add(16);
+                for j in 0..4 {
+                    let bits = loadu(q4.add(32 * j));
+                    let lo = _mm256_and_si256(bits, m4);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
+                    let sl = _mm256_set1_epi16(sc[2 * j] as i16);
+                    let sh = _mm256_set1_epi16(sc[2 * j + 1] as i16);
+                    for c in 0..C {
+                        let q8 = a[c].add(i * 292 + 4);
+                        let pl = _mm256_maddubs_epi16(lo, loadu(q8.add(64 * j)));
+                        let ph = _mm256_maddubs_epi16(hi, loadu(q8.add(64 * j + 32)));
+                        let pl = _mm256_madd_epi16(sl, pl);
+                        let ph = _mm256_madd_epi16(sh, ph);
+                        sumi[c] = _mm256_add_epi32(sumi[c], _mm256_add_epi32(pl, ph));
+                    }
+                }
+                for c in 0..C {
+                    // Same expressions as the single-row kernel: d = yd * d_x, dmin = -yd * m_x.
+                    let yd = _mm256_set1_ps(yd[c]);
+                    let d = _mm256_mul_ps(yd, fd);
+                    let dmin = _mm256_castps256_ps128(_mm256_mul_ps(
+                        _mm256_xor_ps(yd, _mm256_set1_ps(-0.0)),
+                        fm,
+                    ));
+                    let prod = _mm_madd_epi16(mins, bsum[c]);
+                    acc_m[r][c] = _mm_fmadd_ps(dmin, _mm_cvtepi32_ps(prod), acc_m[r][c]);
+                    acc[r][c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[c]), acc[r][c]);
+                }
+            }
+        }
+    }
+    let mut out = [[0.0f32; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            let am = acc_m[r][c];
+            let m = _mm_add_ps(am, _mm_movehl_ps(am, am));
+            let m = _mm_add_ss(m, _mm_movehdup_ps(m));
+            out[r][c] = hsum_ps(acc[r][c]) + _mm_cvtss_f32(m);
+        }
+    }
+    out
+}
+
+/// SAFETY (caller): avx2+fma+f16c available; each `w[r]` has `nb` 210-byte blocks and each
+/// `a[c]` `nb` 292-byte Q8_K blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k_k<const R: usize, const C: usize>(
+    nb: usize,
+    w: [*const u8; R],
+    a: [*const u8; C],
+    _ad: [*const f32; C],
+) -> [[f32; C]; R] {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m30 = _mm256_set1_epi8(0x30);
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    // SAFETY: blocks i < nb only, inside every row per the caller's contract.
+    unsafe {
+        for i in 0..nb {
+            for r in 0..R {
+                let xp = w[r].add(i * 210);
+                let sc = xp.add(192);
+                let fd = f16_bcast(xp.add(208));
+                // -32 offset folded in via the activation group sums: sum_g sc[g] * bsums[g].
+                let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc as *const __m128i));
+                let mut sumi = [_mm256_setzero_si256(); C];
+                for c in 0..C {
+                    let bs = _mm256_loadu_si256(a[c].add(i * 292 + 260) as *const __m256i);
+                    let off = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs, sc16));
+                    sumi[c] = _mm256_sub_epi32(_mm256_setzero_si256(), off);
+                }
+                for half in 0..2 {
+                    let ql = xp.add(64 * half);
+                    let qh = loadu(xp.add(128 + 32 * half));
+                    let ql0 = loadu(ql);
+                    let ql1 = loadu(ql.add(32));
+                    let v = [
+                        _mm256_or_si256(
+                            _mm256_and_si256(ql0, m4),
+                            _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(ql1, m4),
+                            _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                            _mm256_and_si256(qh, m30),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                            _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
+                        ),
+                    ];
+                    for (k, v) in v.into_iter().enumerate() {
+                        let g = 8 * half + 2 * k;
+                        let s = _mm256_set_m128i(
+                            _mm_set1_epi16(*sc.add(g + 1) as i8 as i16),
+                            _mm_set1_epi16(*sc.add(g) as i8 as i16),
+                        );
+                        for c in 0..C {
+                            let q8 = a[c].add(i * 292 + 4 + 128 * half + 32 * k);
+                            let p = _mm256_maddubs_epi16(v, loadu(q8));
+                            sumi[c] = _mm256_add_epi32(sumi[c], _mm256_madd_epi16(p, s));
+                        }
+                    }
+                }
+                for c in 0..C {
+                    let yd = _mm256_broadcast_ss(&*(a[c].add(i * 292) as *const f32));
+                    let d = _mm256_mul_ps(yd, fd);
+                    acc[r][c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[c]), acc[r][c]);
+                }
+            }
+        }
+    }
+    let mut out = [[0.0f32; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            out[r][c] = hsum_ps(acc[r][c]);
+        }
+    }
+    out
+}
+
+tile_entry!(tile_q4_k, q4_k_k, 256, 144, 292, false);
+tile_entry!(tile_q6_k, q6_k_k, 256, 210, 292, false);

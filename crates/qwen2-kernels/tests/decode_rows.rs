@@ -1,0 +1,187 @@
+//! Decode-row path (`matmul_decode`): batch invariance (issue 5) and accuracy.
+//!
+//! - Bitwise: every activation row's outputs are identical computed alone (batch 1), inside
+//!   any batch of 2..=16 decode rows at any position, under 1..=3 rayon threads, and equal to
+//!   `vec_dot` of the row's quantized activations (the single-row kernel), on every ISA.
+//! - SIMD vs scalar twin: `2e-5 * S + 1e-6` with `S = sum_k |w_k * q(x)_k|` (same integer block
+//!   sums, different float order).
+//! - vs `matmul_reference` (f32 activations, f64 sums): activation-quantization error actually
+//!   incurred plus `2e-5 * S + 1e-5`, as in `kernels.rs`.
+
+use qwen2_kernels::{
+    available_isas, dequantize_row, matmul_decode_with_isa, matmul_reference, quantize_row,
+    vec_dot_with_isa, GgmlType, Isa, QMatRef,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// The default model's decode types first, then ones served by the per-pair fallback.
+const TYPES: [GgmlType; 7] = [
+    GgmlType::Q5_0,
+    GgmlType::Q8_0,
+    GgmlType::Q4K,
+    GgmlType::Q6K,
+    GgmlType::Q4_0,
+    GgmlType::F16,
+    GgmlType::Q5K,
+];
+
+fn randn(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let u1: f32 = rng.random_range(1e-7f32..1.0);
+            let u2: f32 = rng.random::<f32>();
+            (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos() * scale
+        })
+        .collect()
+}
+
+fn weights(rng: &mut StdRng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
+    let rb = ty.row_bytes(cols).unwrap();
+    let mut data = vec![0u8; rows * rb];
+    for row in data.chunks_mut(rb) {
+        quantize_row(ty, &randn(rng, cols, 1.0), row).unwrap();
+    }
+    data
+}
+
+fn cols_for(ty: GgmlType) -> [usize; 2] {
+    match ty.block_size() {
+        1 => [96, 67],
+        // 28 blocks (the model's 896) and an odd block count (the FMA-chain tail).
+        32 => [896, 224],
+        _ => [512, 768],
+    }
+}
+
+fn decode(isa: Isa, w: &QMatRef, x: &[f32], batch: usize) -> Vec<f32> {
+    let mut out = vec![f32::NAN; batch * w.rows];
+    matmul_decode_with_isa(isa, w, x, batch, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn decode_rows_are_bitwise_batch_and_thread_invariant() {
+    let mut rng = StdRng::seed_from_u64(51);
+    for ty in TYPES {
+        for cols in cols_for(ty) {
+            let rows = 301; // several row chunks, not a multiple of the 4-row GEMV tile
+            let data = weights(&mut rng, ty, rows, cols);
+            let w = QMatRef::new(ty, rows, cols, &data).unwrap();
+            let x = randn(&mut rng, 16 * cols, 0.7);
+            let vdt = ty.vec_dot_type();
+            for isa in available_isas() {
+                // Each row alone, and its single-row vec_dot.
+                let alone: Vec<Vec<f32>> = (0..16)
+                    .map(|b| decode(isa, &w, &x[b * cols..(b + 1) * cols], 1))
+                    .collect();
+                for (b, want) in alone.iter().enumerate() {
+                    let mut q = vec![0u8; vdt.row_bytes(cols).unwrap()];
+                    quantize_row(vdt, &x[b * cols..(b + 1) * cols], &mut q).unwrap();
+                    for (r, &v) in want.iter().enumerate() {
+                        let d = vec_dot_with_isa(isa, ty, cols, w.row(r), &q).unwrap();
+                        assert_eq!(
+                            v.to_bits(),
+                            d.to_bits(),
+                            "{ty} {isa:?} cols={cols} b={b} r={r}: decode vs vec_dot"
+                        );
+                    }
+                }
+                // Every batch size, at two offsets in the activation list.
+                for batch in 1..=16 {
+                    for start in [0, 16 - batch] {
+                        let xs = &x[start * cols..(start + batch) * cols];
+                        let got = decode(isa, &w, xs, batch);
+                        for b in 0..batch {
+                            let g = &got[b * rows..(b + 1) * rows];
+                            let want = &alone[start + b];
+                            for (r, (gv, wv)) in g.iter().zip(want).enumerate() {
+                                assert_eq!(
+                                    gv.to_bits(),
+                                    wv.to_bits(),
+                                    "{ty} {isa:?} cols={cols} batch={batch} start={start} b={b} r={r}"
+                                );
+                            }
+                        }
+                    }
+                }
+                // Thread counts change the row split, never a row's arithmetic.
+                for threads in 1..=3 {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    for batch in [1, 5, 16] {
+                        let got = pool.install(|| decode(isa, &w, &x[..batch * cols], batch));
+                        for (b, (g, want)) in got.chunks(rows).zip(&alone).enumerate() {
+                            for (r, (gv, wv)) in g.iter().zip(want).enumerate() {
+                                assert_eq!(
+                                    gv.to_bits(),
+                                    wv.to_bits(),
+                                    "{ty} {isa:?} threads={threads} batch={batch} b={b} r={r}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn decode_rows_simd_match_scalar_twin_and_reference() {
+    let mut rng = StdRng::seed_from_u64(52);
+    for ty in TYPES {
+        for cols in cols_for(ty) {
+            let (rows, batch) = (37, 7);
+            let data = weights(&mut rng, ty, rows, cols);
+            let w = QMatRef::new(ty, rows, cols, &data).unwrap();
+            let x = randn(&mut rng, batch * cols, 0.7);
+            let vdt = ty.vec_dot_type();
+            let mut wd = vec![vec![0.0f32; cols]; rows];
+            for (r, v) in wd.iter_mut().enumerate() {
+                dequantize_row(ty, w.row(r), v).unwrap();
+            }
+            let xq: Vec<Vec<f32>> = (0..batch)
+                .map(|b| {
+                    let mut q = vec![0u8; vdt.row_bytes(cols).unwrap()];
+                    quantize_row(vdt, &x[b * cols..(b + 1) * cols], &mut q).unwrap();
+                    let mut v = vec![0.0f32; cols];
+                    dequantize_row(vdt, &q, &mut v).unwrap();
+                    v
+                })
+                .collect();
+            let mut reference = vec![0.0f32; batch * rows];
+            matmul_reference(&w, &x, batch, &mut reference).unwrap();
+            let scalar = decode(Isa::Scalar, &w, &x, batch);
+            for isa in available_isas() {
+                let got = decode(isa, &w, &x, batch);
+                for b in 0..batch {
+                    let xb = &x[b * cols..(b + 1) * cols];
+                    for (r, wr) in wd.iter().enumerate() {
+                        let (mut qerr, mut s, mut sq) = (0.0f64, 0.0f64, 0.0f64);
+                        for ((&wk, &xk), &qk) in wr.iter().zip(xb).zip(&xq[b]) {
+                            let wk = wk as f64;
+                            qerr += (wk * (xk - qk) as f64).abs();
+                            s += (wk * xk as f64).abs();
+                            sq += (wk * qk as f64).abs();
+                        }
+                        let i = b * rows + r;
+                        let (g, sc, e) = (got[i] as f64, scalar[i] as f64, reference[i] as f64);
+                        let tol_twin = 2e-5 * sq + 1e-6;
+                        assert!(
+                            (g - sc).abs() <= tol_twin,
+                            "{ty} {isa:?} cols={cols} [b={b}, r={r}]: {g} vs scalar {sc} (tol {tol_twin})"
+                        );
+                        let tol_ref = qerr + 2e-5 * s + 1e-5;
+                        assert!(
+                            (g - e).abs() <= tol_ref,
+                            "{ty} {isa:?} cols={cols} [b={b}, r={r}]: {g} vs reference {e} (tol {tol_ref})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
