@@ -15,37 +15,13 @@ use std::path::Path;
 use common::*;
 use qwen2_core::convert::{
     gguf_to_hf, hf_to_gguf, qwen2_tensors, GgufOutType, HfDtype, ToGgufOptions, ToHfOptions,
+    DEFAULT_MAX_SHARD_SIZE,
 };
 use qwen2_core::gguf::{GgufFile, Value};
 use qwen2_core::qwen2_kernels::GgmlType;
 use qwen2_core::qwen2_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 use qwen2_core::weights::WeightSource;
 use qwen2_core::{Config, Logits, Precision};
-
-fn to_gguf(input: &Path, out: &Path, outtype: GgufOutType) {
-    hf_to_gguf(
-        input,
-        out,
-        &ToGgufOptions {
-            outtype,
-            force: false,
-        },
-    )
-    .unwrap_or_else(|e| panic!("{} → GGUF: {e}", input.display()));
-}
-
-fn to_hf(input: &Path, out: &Path, dtype: HfDtype, max_shard_size: u64) {
-    gguf_to_hf(
-        input,
-        out,
-        &ToHfOptions {
-            dtype,
-            max_shard_size,
-            force: false,
-        },
-    )
-    .unwrap_or_else(|e| panic!("{} → HF: {e}", input.display()));
-}
 
 /// Logits of every position of the fixture's input, `--exact` path.
 fn logits(model: &Path, input: &[u32]) -> Vec<f32> {
@@ -202,17 +178,13 @@ fn tiny_round_trip_back_to_hf() {
 
     // bf16 (the default): weights rounded to 8 bits of mantissa.
     let hf16 = s.join("hf_bf16");
-    to_hf(&gguf, &hf16, HfDtype::Bf16, convert_default_shard());
+    to_hf(&gguf, &hf16, HfDtype::Bf16, DEFAULT_MAX_SHARD_SIZE);
     assert!(hf16.join("model.safetensors").is_file());
     let reference = logits(&orig, &input);
     let d = max_abs_diff(&logits(&hf16, &input), &reference);
     let budget = 2e-2 * max_abs(&reference);
     eprintln!("bf16 round trip: max |Δlogit| = {d:.2e} (budget {budget:.2e})");
     assert!(d <= budget, "bf16: max |Δlogit| {d} > {budget}");
-}
-
-fn convert_default_shard() -> u64 {
-    qwen2_core::convert::DEFAULT_MAX_SHARD_SIZE
 }
 
 #[derive(serde::Deserialize)]
@@ -283,7 +255,7 @@ fn real_gguf_to_hf_f32_keeps_greedy_continuations() {
     let s = Scratch::new("convert-real");
     let hf = s.join("qwen2.5-coder-0.5b-instruct");
     let t0 = std::time::Instant::now();
-    to_hf(&real_model(), &hf, HfDtype::F32, convert_default_shard());
+    to_hf(&real_model(), &hf, HfDtype::F32, DEFAULT_MAX_SHARD_SIZE);
     eprintln!("converted in {:.1} s", t0.elapsed().as_secs_f64());
     check_hf_tokenizer_dir(&hf);
 

@@ -12,9 +12,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use qwen2_core::convert::{
-    gguf_to_hf, hf_to_gguf, GgufOutType, HfDtype, ToGgufOptions, ToHfOptions,
-};
+use qwen2_core::convert::{GgufOutType, HfDtype, DEFAULT_MAX_SHARD_SIZE};
 use qwen2_core::gguf::GgufFile;
 use qwen2_core::kv_cache::KvDtype;
 use qwen2_core::qwen2_kernels::GgmlType;
@@ -23,30 +21,6 @@ use qwen2_core::{Logits, Precision};
 
 const TOL: f32 = 1e-4;
 const FIXTURES: [&str; 2] = ["moe_topk", "moe_norm_mixed"];
-
-fn to_gguf(input: &Path, out: &Path, outtype: GgufOutType) {
-    hf_to_gguf(
-        input,
-        out,
-        &ToGgufOptions {
-            outtype,
-            force: false,
-        },
-    )
-    .unwrap_or_else(|e| panic!("{} → GGUF: {e}", input.display()));
-}
-
-fn to_hf(input: &Path, out: &Path) {
-    gguf_to_hf(
-        input,
-        out,
-        &ToHfOptions {
-            dtype: HfDtype::F32,
-            ..Default::default()
-        },
-    )
-    .unwrap_or_else(|e| panic!("{} → HF: {e}", input.display()));
-}
 
 /// Max |Δlogit| of `model` against transformers' logits of fixture `name`, both precisions.
 fn logits_diff(name: &str, model: &Path) -> f32 {
@@ -118,7 +92,12 @@ fn gguf_to_hf_round_trip() {
     for name in FIXTURES {
         let dir = fixture(&format!("tiny/{name}"));
         let out = s.join(name);
-        to_hf(&dir.join("model.gguf"), &out);
+        to_hf(
+            &dir.join("model.gguf"),
+            &out,
+            HfDtype::F32,
+            DEFAULT_MAX_SHARD_SIZE,
+        );
         let cfg = read_json(&out.join("config.json"));
         assert_eq!(cfg["model_type"], "qwen2_moe", "{name}");
         assert_eq!(cfg["architectures"][0], "Qwen2MoeForCausalLM", "{name}");

@@ -3,6 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use qwen2_core::convert::{
+    gguf_to_hf, hf_to_gguf, GgufOutType, HfDtype, ToGgufOptions, ToHfOptions,
+};
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -136,4 +140,31 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// `hf_to_gguf` or panic with the input path.
+pub fn to_gguf(input: &Path, out: &Path, outtype: GgufOutType) {
+    hf_to_gguf(
+        input,
+        out,
+        &ToGgufOptions {
+            outtype,
+            force: false,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{} → GGUF: {e}", input.display()));
+}
+
+/// `gguf_to_hf` or panic with the input path.
+pub fn to_hf(input: &Path, out: &Path, dtype: HfDtype, max_shard_size: u64) {
+    gguf_to_hf(
+        input,
+        out,
+        &ToHfOptions {
+            dtype,
+            max_shard_size,
+            force: false,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{} → HF: {e}", input.display()));
 }
