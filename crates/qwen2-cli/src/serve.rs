@@ -34,6 +34,9 @@ pub struct ServeArgs {
     /// Seconds in-flight requests may run after SIGTERM/Ctrl-C.
     #[arg(long, default_value_t = 10)]
     shutdown_grace: u64,
+    /// Tokens of prompt KV kept for reuse by later requests with the same prefix (0: off).
+    #[arg(long, default_value_t = EngineConfig::default().prefix_cache_tokens)]
+    prefix_cache: usize,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -44,6 +47,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         parallel: a.parallel.max(1),
         ctx,
         queue_capacity: a.queue,
+        prefix_cache_tokens: a.prefix_cache,
         ..EngineConfig::default()
     };
     let mut cfg = ServerConfig::for_model(&lm);

@@ -23,8 +23,9 @@ use qwen2_tokenizer::{ChatMessage, ChatTemplate};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, OnceCell};
 
-use crate::choice::{drive, ChoiceOpts, ChoiceResult, Finish};
-use crate::constrain::{JsonConstraint, Schema, TokenTable};
+use crate::choice::{drive, ChoiceOpts, ChoiceResult, Finish, TokenLp};
+use crate::constrain::tool_call::{ToolCallRecognizer, ToolCallSpec};
+use crate::constrain::{JsonConstraint, Schema, TokenConstraint, TokenTable};
 use crate::engine::{Constraint, Engine, EngineConfig, GenRequest, Handle};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -377,14 +378,22 @@ fn gen_opts(
     })
 }
 
-/// Submit `n` engine requests for one prompt (choice indices from `first_index`). Any failure
-/// drops the handles already made, which cancels them.
+/// What constrained decoding enforces on the output.
+enum OutputRule {
+    /// `response_format`: JSON, optionally with a schema.
+    Json(Arc<Schema>),
+    /// `tool_choice` "required" or a named function: exactly one tool call.
+    ToolCall(Arc<ToolCallSpec>),
+}
+
+/// Submit `n` engine requests for one prompt. Any failure drops the handles already made, which
+/// cancels them.
 async fn submit_all(
     state: &Arc<AppState>,
     prompt: &[u32],
     o: &GenOpts,
     logprobs: Option<usize>,
-    schema: Option<&Arc<Schema>>,
+    rule: Option<&OutputRule>,
 ) -> Result<Vec<Handle>, ApiError> {
     let max_tokens = match o.max_tokens {
         Some(m) => m,
@@ -397,7 +406,7 @@ async fn submit_all(
             state.ctx,
         ));
     }
-    let table = match schema {
+    let table = match rule {
         Some(_) => Some(state.token_table().await?),
         None => None,
     };
@@ -405,17 +414,23 @@ async fn submit_all(
     for i in 0..o.n {
         let mut sampling = o.sampling.clone();
         sampling.seed = o.sampling.seed.map(|s| s.wrapping_add(i as u64));
-        let constraint = match (schema, &table) {
-            (Some(s), Some(t)) => {
-                let keep = if sampling.temperature == 0.0 {
-                    1
-                } else if sampling.top_k > 0 {
-                    sampling.top_k
-                } else {
-                    64
-                };
-                Some(Box::new(JsonConstraint::new(s.clone(), t.clone(), keep))
-                    as Box<dyn Constraint>)
+        let keep = if sampling.temperature == 0.0 {
+            1
+        } else if sampling.top_k > 0 {
+            sampling.top_k
+        } else {
+            64
+        };
+        let constraint: Option<Box<dyn Constraint>> = match (rule, &table) {
+            (Some(OutputRule::Json(s)), Some(t)) => {
+                Some(Box::new(JsonConstraint::new(s.clone(), t.clone(), keep)))
+            }
+            (Some(OutputRule::ToolCall(spec)), Some(t)) => {
+                Some(Box::new(TokenConstraint::with_recognizer(
+                    ToolCallRecognizer::new(spec.clone()),
+                    t.clone(),
+                    keep,
+                )))
             }
             _ => None,
         };
@@ -525,6 +540,56 @@ fn response_schema(rf: Option<ResponseFormat>) -> Result<Option<Arc<Schema>>, Ap
     }
 }
 
+#[derive(Debug, Clone, PartialEq)]
+enum ToolChoice {
+    None,
+    Auto,
+    Required,
+    Named(String),
+}
+
+/// `tool_choice`: "none", "auto" (the default), "required", or
+/// `{"type": "function", "function": {"name": ...}}`.
+fn tool_choice(v: Option<&Value>) -> Result<ToolChoice, ApiError> {
+    let bad = || {
+        ApiError::bad_param(
+            "tool_choice",
+            "tool_choice must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+        )
+    };
+    match v {
+        None | Some(Value::Null) => Ok(ToolChoice::Auto),
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => Ok(ToolChoice::None),
+            "auto" => Ok(ToolChoice::Auto),
+            "required" => Ok(ToolChoice::Required),
+            _ => Err(bad()),
+        },
+        Some(obj @ Value::Object(_)) => {
+            if obj.get("type").is_some_and(|t| t != "function") {
+                return Err(bad());
+            }
+            obj.pointer("/function/name")
+                .and_then(Value::as_str)
+                .map(|n| ToolChoice::Named(n.to_owned()))
+                .ok_or_else(bad)
+        }
+        Some(_) => Err(bad()),
+    }
+}
+
+fn tool_spec(defs: &[(String, Option<Value>)]) -> Result<Arc<ToolCallSpec>, ApiError> {
+    if defs.is_empty() {
+        return Err(ApiError::bad_param(
+            "tool_choice",
+            "tool_choice requires a tool call but `tools` is empty",
+        ));
+    }
+    ToolCallSpec::new(defs)
+        .map(Arc::new)
+        .map_err(|e| ApiError::bad_param("tools", e.to_string()))
+}
+
 async fn chat_completions(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
@@ -550,28 +615,44 @@ async fn chat_completions(
         (false, None) => None,
     };
     let schema = response_schema(req.response_format)?;
-    let tool_choice_none = req
-        .tool_choice
-        .as_ref()
-        .is_some_and(|c| c.as_str() == Some("none"));
+    let choice = tool_choice(req.tool_choice.as_ref())?;
     let tools = req
         .tools
-        .filter(|t| !t.is_empty() && !tool_choice_none)
+        .filter(|t| !t.is_empty() && choice != ToolChoice::None)
         .map(Value::Array);
-    let tool_names: Vec<String> = tools
+    let tool_defs: Vec<(String, Option<Value>)> = tools
         .as_ref()
         .and_then(Value::as_array)
         .map(|ts| {
             ts.iter()
                 .filter_map(|t| {
-                    t.pointer("/function/name")
-                        .or_else(|| t.get("name"))
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
+                    let f = t.get("function").unwrap_or(t);
+                    let name = f.get("name").and_then(Value::as_str)?;
+                    Some((name.to_owned(), f.get("parameters").cloned()))
                 })
                 .collect()
         })
         .unwrap_or_default();
+    let tool_names: Vec<String> = tool_defs.iter().map(|(n, _)| n.clone()).collect();
+    let rule = match (&choice, schema) {
+        (ToolChoice::Required | ToolChoice::Named(_), Some(_)) => {
+            return Err(ApiError::bad_param(
+                "tool_choice",
+                "a required tool call cannot be combined with a JSON response_format",
+            ))
+        }
+        (ToolChoice::Required, None) => Some(OutputRule::ToolCall(tool_spec(&tool_defs)?)),
+        (ToolChoice::Named(name), None) => {
+            let Some(def) = tool_defs.iter().find(|(n, _)| n == name) else {
+                return Err(ApiError::bad_param(
+                    "tool_choice",
+                    format!("tool_choice names {name:?}, which is not in `tools`"),
+                ));
+            };
+            Some(OutputRule::ToolCall(tool_spec(std::slice::from_ref(def))?))
+        }
+        (_, schema) => schema.map(OutputRule::Json),
+    };
     let messages = chat_messages(req.messages)?;
 
     let tok = state
@@ -593,7 +674,7 @@ async fn chat_completions(
         .encode(&text)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
 
-    let handles = submit_all(&state, &prompt, &o, logprobs, schema.as_ref()).await?;
+    let handles = submit_all(&state, &prompt, &o, logprobs, rule.as_ref()).await?;
     let ctx = RunCtx {
         state: state.clone(),
         id: format!("chatcmpl-{}", &crate::tools::call_id()[5..]),
@@ -602,11 +683,12 @@ async fn chat_completions(
         started,
         prompt_tokens: prompt.len(),
         stops: o.stops.clone(),
-        tool_mode: tools.is_some() && schema.is_none(),
+        tool_mode: tools.is_some() && !matches!(rule, Some(OutputRule::Json(_))),
         tool_names,
         logprobs: logprobs.is_some(),
         include_usage: o.include_usage,
         echo: None,
+        echo_logprobs: None,
     };
     if o.stream {
         Ok(sse::chat_stream(ctx, handles))
@@ -633,6 +715,9 @@ pub struct RunCtx {
     pub include_usage: bool,
     /// Completions with `echo`: the prompt text and ids, per prompt.
     pub echo: Option<Vec<(String, Vec<u32>)>>,
+    /// Completions with `echo` and `logprobs`: per prompt, the logprobs of its tokens after
+    /// the first.
+    pub echo_logprobs: Option<Vec<Vec<TokenLp>>>,
 }
 
 impl RunCtx {
@@ -747,6 +832,10 @@ async fn completions(
         let hs = submit_all(&state, ids, &o, logprobs, None).await?;
         all.push((ids.len(), hs));
     }
+    let echo_logprobs = match (req.echo, logprobs) {
+        (true, Some(k)) => Some(echo_logprobs(&state, &prompts, k).await?),
+        _ => None,
+    };
     let prompt_tokens = prompts.iter().map(|(_, ids)| ids.len()).sum();
     let ctx = RunCtx {
         state: state.clone(),
@@ -761,6 +850,7 @@ async fn completions(
         logprobs: logprobs.is_some(),
         include_usage: o.include_usage,
         echo: req.echo.then(|| prompts.clone()),
+        echo_logprobs,
     };
     if o.stream {
         Ok(sse::completion_stream(ctx, all, o.n))
@@ -777,6 +867,24 @@ async fn completions(
         state.metrics.latency.observe(started.elapsed());
         Ok(Json(resp).into_response())
     }
+}
+
+/// Logprobs of the prompts' own tokens (off the async runtime; the engine keeps generating).
+async fn echo_logprobs(
+    state: &Arc<AppState>,
+    prompts: &[(String, Vec<u32>)],
+    top: usize,
+) -> Result<Vec<Vec<TokenLp>>, ApiError> {
+    let model = state.model.clone();
+    let ids: Vec<Vec<u32>> = prompts.iter().map(|(_, ids)| ids.clone()).collect();
+    tokio::task::spawn_blocking(move || {
+        ids.iter()
+            .map(|ids| crate::prompt_logprobs::prompt_logprobs(&model.model, ids, top))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::internal(format!("prompt logprobs: {e}")))
 }
 
 /// An error finish becomes a 500 for non-streaming responses.

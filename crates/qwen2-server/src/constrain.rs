@@ -981,31 +981,63 @@ impl TokenTable {
     }
 }
 
+/// A byte-level recognizer the token constraint drives: JSON (with a schema) or a tool call.
+/// A rejected byte may leave the state unusable, so the constraint feeds clones.
+pub trait ByteRecognizer: Clone + Send {
+    fn feed(&mut self, b: u8) -> bool;
+    /// The output is complete: the engine stops.
+    fn is_complete(&self) -> bool;
+}
+
+impl ByteRecognizer for JsonRecognizer {
+    fn feed(&mut self, b: u8) -> bool {
+        JsonRecognizer::feed(self, b)
+    }
+
+    fn is_complete(&self) -> bool {
+        JsonRecognizer::is_complete(self)
+    }
+}
+
 /// The engine-side constraint: keeps the `keep` best-scoring tokens the recognizer accepts (in
 /// descending logit order; every other logit becomes -inf). `keep` = 1 for greedy decoding, else
 /// at least the sampler's top-k, so sampling sees the same candidates it would without the mask.
-pub struct JsonConstraint {
-    rec: JsonRecognizer,
+pub struct TokenConstraint<R> {
+    rec: R,
     table: Arc<TokenTable>,
     keep: usize,
 }
 
+/// `response_format` constraints: JSON, optionally with a schema.
+pub type JsonConstraint = TokenConstraint<JsonRecognizer>;
+
 impl JsonConstraint {
     pub fn new(schema: Arc<Schema>, table: Arc<TokenTable>, keep: usize) -> Self {
-        JsonConstraint {
-            rec: JsonRecognizer::new(schema),
+        TokenConstraint::with_recognizer(JsonRecognizer::new(schema), table, keep)
+    }
+}
+
+impl<R: ByteRecognizer> TokenConstraint<R> {
+    pub fn with_recognizer(rec: R, table: Arc<TokenTable>, keep: usize) -> Self {
+        TokenConstraint {
+            rec,
             table,
             keep: keep.max(1),
         }
     }
+
+    fn accepts(&self, bytes: &[u8]) -> bool {
+        let mut r = self.rec.clone();
+        bytes.iter().all(|&b| r.feed(b))
+    }
 }
 
-impl Constraint for JsonConstraint {
+impl<R: ByteRecognizer> Constraint for TokenConstraint<R> {
     fn mask(&mut self, logits: &mut [f32]) {
         // Bytes the state accepts next: rejects most tokens without cloning the recognizer.
         let mut first_ok = [false; 256];
         for (b, ok) in first_ok.iter_mut().enumerate() {
-            *ok = self.rec.accepts(&[b as u8]);
+            *ok = self.accepts(&[b as u8]);
         }
         let mut cand: Vec<u32> = (0..logits.len() as u32)
             .filter(|&id| {
@@ -1024,7 +1056,7 @@ impl Constraint for JsonConstraint {
             cand[start..end].sort_unstable_by(cmp);
             for &id in &cand[start..end] {
                 if let Some(bytes) = self.table.get(id) {
-                    if self.rec.accepts(bytes) {
+                    if self.accepts(bytes) {
                         allowed.push((id, logits[id as usize]));
                         if allowed.len() >= self.keep {
                             break 'outer;
@@ -1045,7 +1077,7 @@ impl Constraint for JsonConstraint {
         match self.table.get(token) {
             Some(bytes) => {
                 let mut next = self.rec.clone();
-                if next.feed_all(bytes) {
+                if bytes.iter().all(|&b| next.feed(b)) {
                     self.rec = next;
                     true
                 } else {
@@ -1060,6 +1092,8 @@ impl Constraint for JsonConstraint {
         self.rec.is_complete()
     }
 }
+
+pub mod tool_call;
 
 #[cfg(test)]
 mod tests;

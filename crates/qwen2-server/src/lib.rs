@@ -9,6 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod openai;
+pub mod prompt_logprobs;
 pub mod render;
 pub mod sse;
 pub mod stop;

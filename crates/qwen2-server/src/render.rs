@@ -56,39 +56,88 @@ pub fn chat_logprobs(state: &AppState, lps: &[TokenLp]) -> Value {
     json!({ "content": content })
 }
 
-/// Completions `logprobs` object. `prompt`: echoed prompt ids (no logprobs for them), which come
-/// first; `offset`: characters of text before the first token.
+/// Character offsets of tokens in the text they decode to. A token may end inside a
+/// multi-byte character; the next token then starts at that same character.
+#[derive(Debug, Default, Clone)]
+pub struct TextOffset {
+    chars: usize,
+    /// Bytes of a character not complete yet.
+    pending: Vec<u8>,
+}
+
+impl TextOffset {
+    /// The offset where a token of `bytes` starts; moves past it.
+    pub fn advance(&mut self, bytes: &[u8]) -> usize {
+        let at = self.chars;
+        self.pending.extend_from_slice(bytes);
+        let mut rest: &[u8] = &self.pending;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    self.chars += s.chars().count();
+                    rest = &[];
+                    break;
+                }
+                Err(e) => {
+                    let valid = &rest[..e.valid_up_to()];
+                    self.chars += std::str::from_utf8(valid).map_or(0, |s| s.chars().count());
+                    match e.error_len() {
+                        // Invalid bytes show as one U+FFFD each run.
+                        Some(n) => {
+                            self.chars += 1;
+                            rest = &rest[e.valid_up_to() + n..];
+                        }
+                        None => {
+                            rest = &rest[e.valid_up_to()..];
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.pending = rest.to_vec();
+        at
+    }
+}
+
+/// Completions `logprobs` object. `prompt`: echoed prompt ids, which come first, with
+/// `prompt_lps` the logprobs of all but the first (null without them); `offset`: where the text
+/// of the first token starts.
 pub fn completion_logprobs(
     state: &AppState,
     prompt: &[u32],
+    prompt_lps: Option<&[TokenLp]>,
     lps: &[TokenLp],
-    offset: &mut usize,
+    offset: &mut TextOffset,
 ) -> Value {
     let mut tokens = Vec::new();
     let mut token_logprobs = Vec::new();
     let mut top_logprobs = Vec::new();
     let mut text_offset = Vec::new();
-    let mut push = |text: String, lp: Value, top: Value, offset: &mut usize| {
-        text_offset.push(*offset);
-        *offset += text.chars().count();
+    let mut push = |id: u32, lp: Value, top: Value, offset: &mut TextOffset| {
+        let (text, bytes) = token_text(state, id);
+        text_offset.push(offset.advance(&bytes));
         tokens.push(text);
         token_logprobs.push(lp);
         top_logprobs.push(top);
     };
-    for &id in prompt {
-        push(token_text(state, id).0, Value::Null, Value::Null, offset);
-    }
-    for t in lps {
+    let entry = |t: &TokenLp| {
         let mut top = Map::new();
         for &(id, lp) in &t.top {
             top.insert(token_text(state, id).0, json!(lp_value(lp)));
         }
-        push(
-            token_text(state, t.id).0,
-            json!(lp_value(t.logprob)),
-            Value::Object(top),
-            offset,
-        );
+        (json!(lp_value(t.logprob)), Value::Object(top))
+    };
+    for (i, &id) in prompt.iter().enumerate() {
+        let (lp, top) = match prompt_lps.and_then(|p| p.get(i.wrapping_sub(1))) {
+            Some(t) if i > 0 && t.id == id => entry(t),
+            _ => (Value::Null, Value::Null),
+        };
+        push(id, lp, top, offset);
+    }
+    for t in lps {
+        let (lp, top) = entry(t);
+        push(t.id, lp, top, offset);
     }
     json!({
         "tokens": tokens,
@@ -206,8 +255,20 @@ pub fn completion_response(
             let mut text = echo.map(|(t, _)| t.clone()).unwrap_or_default();
             text.push_str(&r.text);
             let lp = logprobs.map(|_| {
+                let p = r.index / n.max(1);
                 let prompt = echo.map(|(_, ids)| ids.as_slice()).unwrap_or_default();
-                completion_logprobs(&ctx.state, prompt, &r.logprobs, &mut 0)
+                let prompt_lps = ctx
+                    .echo_logprobs
+                    .as_ref()
+                    .and_then(|e| e.get(p))
+                    .map(Vec::as_slice);
+                completion_logprobs(
+                    &ctx.state,
+                    prompt,
+                    prompt_lps,
+                    &r.logprobs,
+                    &mut TextOffset::default(),
+                )
             });
             json!({
                 "index": r.index,
@@ -226,4 +287,24 @@ pub fn completion_response(
         "choices": choices,
         "usage": usage(ctx, results),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TextOffset;
+
+    #[test]
+    fn text_offsets_count_characters_across_split_tokens() {
+        // "héllo" with "é" split over two tokens, then a CJK char in one token, then ASCII.
+        let e = "é".as_bytes();
+        let tokens: [&[u8]; 5] = [b"h", &e[..1], &e[1..], "中".as_bytes(), b"llo"];
+        let mut off = TextOffset::default();
+        let starts: Vec<usize> = tokens.iter().map(|t| off.advance(t)).collect();
+        assert_eq!(starts, [0, 1, 1, 2, 3]);
+        assert_eq!(off.advance(b""), 6);
+        // An invalid byte counts as one replacement character.
+        let mut off = TextOffset::default();
+        assert_eq!(off.advance(b"\xffa"), 0);
+        assert_eq!(off.advance(b"b"), 2);
+    }
 }

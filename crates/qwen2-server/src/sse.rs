@@ -16,7 +16,9 @@ use crate::api::RunCtx;
 use crate::choice::{drive, ChoiceMsg, ChoiceResult, Finish};
 use crate::engine::Handle;
 use crate::error::ApiError;
-use crate::render::{chat_logprobs, chat_outcome, completion_logprobs, finish_str, usage};
+use crate::render::{
+    chat_logprobs, chat_outcome, completion_logprobs, finish_str, usage, TextOffset,
+};
 
 /// Aborts the choice tasks when the relay ends early.
 struct AbortOnDrop(Vec<JoinHandle<()>>);
@@ -221,13 +223,19 @@ pub fn completion_stream(ctx: RunCtx, all: Vec<(usize, Vec<Handle>)>, n: usize) 
             }
             data(&c)
         };
-        let mut offsets = vec![0usize; total];
+        let mut offsets = vec![TextOffset::default(); total];
         let mut events = Vec::new();
         if let Some(echo) = &ctx.echo {
             for (index, offset) in offsets.iter_mut().enumerate() {
-                if let Some((text, ids)) = echo.get(index / n.max(1)) {
+                let p = index / n.max(1);
+                if let Some((text, ids)) = echo.get(p) {
                     let lp = if ctx.logprobs {
-                        completion_logprobs(&ctx.state, ids, &[], offset)
+                        let prompt_lps = ctx
+                            .echo_logprobs
+                            .as_ref()
+                            .and_then(|e| e.get(p))
+                            .map(Vec::as_slice);
+                        completion_logprobs(&ctx.state, ids, prompt_lps, &[], offset)
                     } else {
                         Value::Null
                     };
@@ -254,9 +262,9 @@ pub fn completion_stream(ctx: RunCtx, all: Vec<(usize, Vec<Handle>)>, n: usize) 
                     logprobs,
                 } => {
                     let lp = if ctx.logprobs {
-                        let off = offsets.get_mut(index).map(|o| &mut *o);
-                        let mut dummy = 0;
-                        completion_logprobs(&ctx.state, &[], &logprobs, off.unwrap_or(&mut dummy))
+                        let mut spare = TextOffset::default();
+                        let off = offsets.get_mut(index).unwrap_or(&mut spare);
+                        completion_logprobs(&ctx.state, &[], None, &logprobs, off)
                     } else {
                         Value::Null
                     };

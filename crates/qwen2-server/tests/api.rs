@@ -253,6 +253,117 @@ fn completions_prompt_forms_echo_and_logprobs() {
     assert_eq!(chunks.last().unwrap(), "[DONE]");
 }
 
+/// Reference logprobs of each prompt token after the first: the core model's forward with
+/// logits at every position (one pass, f64 log-softmax).
+fn reference_prompt_logprobs(ids: &[u32]) -> Vec<(f64, f64)> {
+    let m = model();
+    let mut cache = m.model.new_cache(ids.len());
+    let logits = m
+        .model
+        .forward(ids, &mut cache, qwen2_core::Logits::All)
+        .unwrap();
+    let vocab = m.model.vocab_size();
+    (1..ids.len())
+        .map(|i| {
+            let row = &logits[(i - 1) * vocab..i * vocab];
+            let max = row.iter().copied().fold(f32::MIN, f32::max) as f64;
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&x| (x as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            (row[ids[i] as usize] as f64 - lse, max - lse)
+        })
+        .collect()
+}
+
+#[test]
+fn echo_logprobs_cover_the_prompt() {
+    let m = model();
+    let tok = m.tokenizer().unwrap();
+    for prompt in [
+        // Long enough to span several of the pass's 32-token chunks.
+        "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    if n < 2:\n        \
+         return n\n    a, b = 0, 1\n    for _ in range(n - 1):\n        a, b = b, a + b\n    \
+         return b\n\n\ndef is_prime(k):\n    \"\"\"True when k is prime.\"\"\"\n    if k < 2:\n        \
+         return False\n    i = 2\n    while i * i <= k:\n        if k % i == 0:\n            \
+         return False\n        i += 1\n    return True\n",
+        "Grüße aus Köln — 你好，世界! naïve café",
+    ] {
+        let ids = tok.encode(prompt).unwrap();
+        let reference = reference_prompt_logprobs(&ids);
+        let body = json!({"prompt": prompt, "max_tokens": 3, "temperature": 0, "echo": true,
+                          "logprobs": 3});
+        let (s, v) = post(shared(), "/v1/completions", &body);
+        assert_eq!(s, 200, "{v}");
+        let lp = &v["choices"][0]["logprobs"];
+        let tokens = lp["tokens"].as_array().unwrap();
+        let n_gen = v["usage"]["completion_tokens"].as_u64().unwrap() as usize;
+        // A stop id ending the completion counts in usage but has no text or entry.
+        let stopped = v["choices"][0]["finish_reason"] == "stop";
+        let n_entries = tokens.len() - ids.len();
+        assert!(
+            n_entries == n_gen || (stopped && n_entries + 1 == n_gen),
+            "{v}"
+        );
+        assert!(lp["token_logprobs"][0].is_null() && lp["top_logprobs"][0].is_null());
+        let mut worst = 0f64;
+        for i in 1..ids.len() {
+            let (want, want_best) = reference[i - 1];
+            let got = lp["token_logprobs"][i].as_f64().unwrap();
+            worst = worst.max((got - want).abs());
+            let top = lp["top_logprobs"][i].as_object().unwrap();
+            assert_eq!(top.len(), 3, "{i}: {top:?}");
+            let best = top
+                .values()
+                .map(|x| x.as_f64().unwrap())
+                .fold(f64::MIN, f64::max);
+            assert!(
+                (best - want_best).abs() < 1e-4,
+                "{i}: {best} vs {want_best}"
+            );
+        }
+        eprintln!(
+            "echo logprobs: {} prompt tokens, worst |diff| vs forward {worst:.2e}",
+            ids.len()
+        );
+        assert!(
+            worst < 1e-4,
+            "prompt logprobs differ from the forward pass by {worst}"
+        );
+        // text_offset: where each token's text starts in the decoded text, in characters.
+        let offs: Vec<usize> = lp["text_offset"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(offs[0], 0);
+        for i in 1..=ids.len() {
+            let before = tok.decode(&ids[..i], false).unwrap();
+            if !before.contains('\u{FFFD}') {
+                let want = before.chars().count();
+                assert_eq!(offs.get(i).copied().unwrap_or(want), want, "offset {i}");
+            }
+        }
+        // Streaming: the first chunk carries the same prompt logprobs.
+        let mut sbody = body.clone();
+        sbody["stream"] = json!(true);
+        let chunks = post_stream(shared(), "/v1/completions", &sbody);
+        let first = &chunks[0]["choices"][0];
+        assert_eq!(first["text"], prompt);
+        let slp = &first["logprobs"];
+        assert_eq!(slp["tokens"].as_array().unwrap().len(), ids.len());
+        assert_eq!(slp["text_offset"], json!(offs[..ids.len()]));
+        for i in 1..ids.len() {
+            let a = slp["token_logprobs"][i].as_f64().unwrap();
+            let b = lp["token_logprobs"][i].as_f64().unwrap();
+            assert!((a - b).abs() < 1e-5, "{i}: {a} vs {b}");
+        }
+    }
+}
+
 #[test]
 fn n_choices_and_seeds() {
     let body = |seed: u64, n: usize| {
@@ -373,6 +484,121 @@ fn tool_calls_end_to_end() {
     let grown = v2["usage"]["prompt_tokens"].as_u64().unwrap()
         - v["usage"]["prompt_tokens"].as_u64().unwrap();
     assert!(grown >= 30, "tool turn adds {grown} prompt tokens");
+}
+
+fn two_tools() -> Value {
+    let mut tools = weather_tools();
+    tools
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "function", "function": {
+            "name": "get_time",
+            "description": "Get the current local time in a time zone",
+            "parameters": {"type": "object",
+                           "properties": {"zone": {"type": "string"}, "24h": {"type": "boolean"}},
+                           "required": ["zone"], "additionalProperties": false}
+        }}));
+    tools
+}
+
+/// The single tool call of a chat response: (name, arguments), checked against `tools`.
+fn the_call(v: &Value, tools: &Value) -> (String, Value) {
+    let ch = &v["choices"][0];
+    assert_eq!(ch["finish_reason"], "tool_calls", "{v}");
+    let calls = ch["message"]["tool_calls"].as_array().expect("tool_calls");
+    assert_eq!(calls.len(), 1, "{v}");
+    let name = calls[0]["function"]["name"].as_str().unwrap().to_owned();
+    eprintln!("tool call: {}", calls[0]["function"]);
+    let args: Value =
+        serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+    let tool = tools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["function"]["name"] == name.as_str())
+        .unwrap_or_else(|| panic!("{name} is not one of the tools"));
+    Schema::compile(&tool["function"]["parameters"])
+        .unwrap()
+        .validate(&args)
+        .unwrap_or_else(|e| panic!("{e}: {args}"));
+    (name, args)
+}
+
+#[test]
+fn tool_choice_required_named_none_and_errors() {
+    let tools = two_tools();
+    // "required": a prompt the model would answer in prose still yields a valid call, greedy
+    // and sampled.
+    for temperature in [0.0, 0.9] {
+        let v = greedy_chat(
+            "Tell me a short joke about cats.",
+            80,
+            json!({"tools": tools, "tool_choice": "required", "temperature": temperature, "seed": 5}),
+        );
+        the_call(&v, &tools);
+    }
+    // Named: that function, even when the question is about the other one.
+    let v = greedy_chat(
+        "What is the weather in Paris right now?",
+        80,
+        json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "get_time"}}}),
+    );
+    let (name, args) = the_call(&v, &tools);
+    assert_eq!(name, "get_time");
+    assert!(args["zone"].is_string());
+    // Streaming "required": the call arrives as a tool_calls delta.
+    let chunks = post_stream(
+        shared(),
+        "/v1/chat/completions",
+        &json!({"messages": user("Hello!"), "max_tokens": 80, "temperature": 0, "stream": true,
+                "tools": tools, "tool_choice": "required"}),
+    );
+    let delta = chunks
+        .iter()
+        .find(|c| c["choices"][0]["delta"]["tool_calls"].is_array())
+        .expect("a tool_calls delta");
+    let fname = delta["choices"][0]["delta"]["tool_calls"][0]["function"]["name"]
+        .as_str()
+        .unwrap();
+    assert!(fname == "get_weather" || fname == "get_time", "{fname}");
+    assert!(chunks
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"] == "tool_calls"));
+    // "none": the tools are not offered, so nothing is parsed as a call and the prompt is the
+    // plain chat prompt.
+    let plain = greedy_chat("What is the weather in Paris right now?", 30, json!({}));
+    let v = greedy_chat(
+        "What is the weather in Paris right now?",
+        30,
+        json!({"tools": tools, "tool_choice": "none"}),
+    );
+    assert!(v["choices"][0]["message"]["tool_calls"].is_null(), "{v}");
+    assert_ne!(v["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(v["usage"]["prompt_tokens"], plain["usage"]["prompt_tokens"]);
+    // Errors: an unknown name, a malformed choice, "required" without tools.
+    let chat = "/v1/chat/completions";
+    for (body, param) in [
+        (
+            json!({"messages": user("hi"), "tools": tools,
+                   "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+            "tool_choice",
+        ),
+        (
+            json!({"messages": user("hi"), "tools": tools, "tool_choice": "sometimes"}),
+            "tool_choice",
+        ),
+        (
+            json!({"messages": user("hi"), "tools": tools, "tool_choice": {"type": "function"}}),
+            "tool_choice",
+        ),
+        (
+            json!({"messages": user("hi"), "tool_choice": "required"}),
+            "tool_choice",
+        ),
+    ] {
+        let (s, v) = post(shared(), chat, &body);
+        assert_eq!(assert_error(s, &v, 400)["param"], param, "{body}");
+    }
 }
 
 #[test]

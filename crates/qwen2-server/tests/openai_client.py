@@ -86,6 +86,21 @@ assert calls and calls[0].function.name == "get_weather", r
 assert "Paris" in json.loads(calls[0].function.arguments)["city"]
 print("tool call:", calls[0].function.name, calls[0].function.arguments)
 
+# tool_choice naming the function: a call even for a prompt that needs none.
+r = client.chat.completions.create(
+    model=model,
+    messages=[{"role": "user", "content": "Tell me a joke."}],
+    tools=tools,
+    tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    max_tokens=60,
+    temperature=0,
+)
+assert r.choices[0].finish_reason == "tool_calls", r
+calls = r.choices[0].message.tool_calls
+assert calls and calls[0].function.name == "get_weather", r
+assert isinstance(json.loads(calls[0].function.arguments)["city"], str), r
+print("tool_choice named:", calls[0].function.arguments)
+
 # Structured output.
 schema = {
     "type": "object",
@@ -112,6 +127,15 @@ s = client.completions.create(model=model, prompt="def add(a, b):", max_tokens=1
 streamed = "".join(c.choices[0].text for c in s if c.choices)
 assert streamed == ctext, (streamed, ctext)
 print("completions:", repr(ctext))
+
+# echo + logprobs: the prompt's tokens come first, the very first without a logprob.
+r = client.completions.create(model=model, prompt="def add(a, b):", max_tokens=4, temperature=0,
+                              echo=True, logprobs=1)
+lp = r.choices[0].logprobs
+assert r.choices[0].text.startswith("def add(a, b):"), r
+assert lp.token_logprobs[0] is None and all(x <= 0 for x in lp.token_logprobs[1:]), lp
+assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset), lp
+print("echo logprobs:", [round(x, 3) for x in lp.token_logprobs[1:6]])
 
 # Errors surface as the client's typed exceptions.
 try:

@@ -185,6 +185,17 @@ pub fn run_load(addr: SocketAddr, clients: usize, secs: u64, seed: u64) -> LoadR
     r
 }
 
+/// One short well-formed streaming request (warm-up): Ok(completion tokens) or why it failed.
+pub fn warm_up(addr: SocketAddr) -> Result<u64, String> {
+    let body = serde_json::json!({
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 8,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    full_stream(addr, &body.to_string())
+}
+
 /// Scrape one unlabelled metric.
 pub fn scrape(addr: SocketAddr, name: &str) -> Option<f64> {
     let mut s = TcpStream::connect(addr).ok()?;
