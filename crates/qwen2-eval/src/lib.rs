@@ -7,6 +7,7 @@ mod arrow_table;
 pub mod data;
 pub mod error;
 pub mod loglik;
+pub mod pyrandom;
 pub mod report;
 pub mod run;
 pub mod sandbox;

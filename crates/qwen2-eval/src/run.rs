@@ -28,10 +28,13 @@ pub enum Task {
     Gsm8k,
     Lambada,
     Humaneval,
+    Math,
+    Math500,
+    Mbpp,
 }
 
 impl Task {
-    pub const ALL: [Task; 7] = [
+    pub const ALL: [Task; 10] = [
         Task::Mmlu,
         Task::Hellaswag,
         Task::ArcChallenge,
@@ -39,6 +42,9 @@ impl Task {
         Task::Gsm8k,
         Task::Lambada,
         Task::Humaneval,
+        Task::Math,
+        Task::Math500,
+        Task::Mbpp,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +56,9 @@ impl Task {
             Task::Gsm8k => "gsm8k",
             Task::Lambada => "lambada",
             Task::Humaneval => "humaneval",
+            Task::Math => "math",
+            Task::Math500 => "math500",
+            Task::Mbpp => "mbpp",
         }
     }
 
@@ -72,7 +81,8 @@ impl Task {
             Task::Mmlu | Task::Winogrande => 5,
             Task::Hellaswag => 10,
             Task::ArcChallenge => 25,
-            Task::Gsm8k => 4,
+            Task::Gsm8k | Task::Math | Task::Math500 => 4,
+            Task::Mbpp => 3,
             Task::Lambada | Task::Humaneval => 0,
         }
     }
@@ -84,7 +94,8 @@ impl Task {
             Task::Hellaswag | Task::ArcChallenge => "acc_norm",
             Task::Gsm8k => "exact_match_strict",
             Task::Lambada => "bits_per_byte",
-            Task::Humaneval => "pass@1",
+            Task::Humaneval | Task::Mbpp => "pass@1",
+            Task::Math | Task::Math500 => "exact_match",
         }
     }
 }
@@ -131,6 +142,10 @@ enum Check {
     Number(String),
     /// Code: the program built from the completion must pass the problem's tests.
     HumanEval(Box<crate::data::HumanEvalDoc>),
+    /// MATH: the normalized answer against this normalized reference.
+    Math(String),
+    /// MBPP: the completion followed by the problem's asserts must pass.
+    Mbpp(Box<crate::data::MbppDoc>),
 }
 
 pub fn sha256_hex(s: &str) -> String {
@@ -202,6 +217,37 @@ impl Runner<'_> {
                     })
                     .collect(),
             ),
+            Task::Math | Task::Math500 => {
+                let docs = if task == Task::Math {
+                    d.math_test()?
+                } else {
+                    d.math500()?
+                };
+                let k = shots.min(tasks::math::EXEMPLARS.len());
+                Work::Gen(
+                    docs.iter()
+                        .enumerate()
+                        .map(|(i, doc)| GenItem {
+                            id: i.to_string(),
+                            prompt: tasks::math::prompt(doc, k),
+                            check: Check::Math(doc.answer.clone()),
+                        })
+                        .collect(),
+                )
+            }
+            Task::Mbpp => {
+                let k = shots.min(tasks::mbpp::EXEMPLARS.len());
+                Work::Gen(
+                    d.mbpp_test()?
+                        .into_iter()
+                        .map(|doc| GenItem {
+                            id: doc.task_id.to_string(),
+                            prompt: tasks::mbpp::prompt(&doc, k),
+                            check: Check::Mbpp(Box::new(doc)),
+                        })
+                        .collect(),
+                )
+            }
             Task::Lambada => Work::Mc(
                 d.lambada()?
                     .into_iter()
@@ -289,6 +335,8 @@ impl Runner<'_> {
                     let stop: &[&str] = match item.check {
                         Check::Number(_) => &tasks::gsm8k::STOP,
                         Check::HumanEval(_) => &tasks::humaneval::STOP,
+                        Check::Math(_) => &tasks::math::STOP,
+                        Check::Mbpp(_) => &tasks::mbpp::STOP,
                     };
                     let text = scorer.greedy(
                         &prompt,
@@ -408,6 +456,33 @@ fn judge(id: &str, prompt_sha: &str, text: String, check: &Check) -> Result<Json
                 "pass@1": f64::from(u8::from(passed)),
             })
         }
+        Check::Math(target) => {
+            let j = tasks::math::judge(&text, target);
+            json!({
+                "id": id,
+                "prompt_sha256": prompt_sha,
+                "generated": text,
+                "target": target,
+                "answer": j.answer,
+                "answer_boxed": j.answer_boxed,
+                "exact_match": f64::from(u8::from(j.exact_match)),
+                "exact_match_boxed": f64::from(u8::from(j.exact_match_boxed)),
+            })
+        }
+        Check::Mbpp(doc) => {
+            let program = tasks::mbpp::program(doc, &text);
+            let o = crate::sandbox::run_python(&program, &crate::sandbox::Limits::default())?;
+            let passed = o.verdict == crate::sandbox::Verdict::Passed;
+            json!({
+                "id": id,
+                "prompt_sha256": prompt_sha,
+                "generated": text,
+                "verdict": format!("{:?}", o.verdict),
+                "stderr_tail": o.stderr.chars().rev().take(400).collect::<String>().chars().rev().collect::<String>(),
+                "isolation": format!("{:?}", o.isolation),
+                "pass@1": f64::from(u8::from(passed)),
+            })
+        }
     })
 }
 
@@ -459,8 +534,13 @@ fn aggregate(task: Task, records: &[Json]) -> std::collections::BTreeMap<String,
                 mean_stderr(&field(records, "exact_match_flexible")),
             );
         }
-        Task::Humaneval => {
+        Task::Humaneval | Task::Mbpp => {
             m.insert("pass@1".into(), mean_stderr(&field(records, "pass@1")));
+        }
+        Task::Math | Task::Math500 => {
+            for name in ["exact_match", "exact_match_boxed"] {
+                m.insert(name.into(), mean_stderr(&field(records, name)));
+            }
         }
         Task::Lambada => {
             let ll: Vec<f64> = records

@@ -2,7 +2,8 @@
 //! arc_challenge includes): "Question: …\nAnswer:" and each choice's text as continuation.
 
 use crate::data::ArcDoc;
-use crate::tasks::{sample_fewshot, McItem, Request, FEWSHOT_DELIMITER, TARGET_DELIMITER};
+use crate::pyrandom::ContextSampler;
+use crate::tasks::{McItem, Request, FEWSHOT_DELIMITER, TARGET_DELIMITER};
 
 pub fn doc_to_text(d: &ArcDoc) -> String {
     format!("Question: {}\nAnswer:", d.question)
@@ -20,11 +21,14 @@ pub fn context(doc: &ArcDoc, shots: &[&ArcDoc]) -> String {
     s
 }
 
+/// Items for `test` with `k` examples from `train` each, drawn as lm-eval draws them
+/// ([`ContextSampler`]; the test split is not the few-shot split, so exactly `k`).
 pub fn items(test: &[ArcDoc], train: &[ArcDoc], k: usize, seed: u64) -> Vec<McItem> {
+    let mut sampler = ContextSampler::new(seed);
     test.iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let shots: Vec<&ArcDoc> = sample_fewshot(train.len(), k, seed, i, None)
+        .map(|d| {
+            let shots: Vec<&ArcDoc> = sampler
+                .sample(train.len(), k, None)
                 .into_iter()
                 .map(|j| &train[j])
                 .collect();

@@ -1,14 +1,14 @@
 //! HellaSwag, 10-shot, `acc_norm` (lm-eval `tasks/hellaswag/hellaswag.yaml` and `utils.py`):
-//! the query is "activity: context", each ending a continuation; examples come from train.
+//! the query is "activity: context", each ending a continuation; examples come from train,
+//! drawn by lm-eval's sampler ([`ContextSampler`]).
 
 use std::sync::OnceLock;
 
 use regex::Regex;
 
 use crate::data::HellaswagDoc;
-use crate::tasks::{
-    py_capitalize, sample_fewshot, McItem, Request, FEWSHOT_DELIMITER, TARGET_DELIMITER,
-};
+use crate::pyrandom::ContextSampler;
+use crate::tasks::{py_capitalize, McItem, Request, FEWSHOT_DELIMITER, TARGET_DELIMITER};
 
 /// lm-eval's `preprocess`: drop WikiHow's bracketed artifacts.
 pub fn preprocess(text: &str) -> String {
@@ -46,11 +46,18 @@ pub fn context(doc: &HellaswagDoc, shots: &[&HellaswagDoc]) -> String {
     s
 }
 
+/// Items for `val` with `k` examples from `train` each. The yaml sets no `test_split` and
+/// no `fewshot_split`, which lm-eval takes as "few-shot split == test split": it draws
+/// `k + 1` examples and drops the evaluated document, which (a validation row, with its
+/// `split` field) never equals a train row, so the first `k` are kept.
 pub fn items(val: &[HellaswagDoc], train: &[HellaswagDoc], k: usize, seed: u64) -> Vec<McItem> {
+    let mut sampler = ContextSampler::new(seed);
+    let never = |_: usize| false;
     val.iter()
         .enumerate()
         .map(|(i, d)| {
-            let shots: Vec<&HellaswagDoc> = sample_fewshot(train.len(), k, seed, i, None)
+            let shots: Vec<&HellaswagDoc> = sampler
+                .sample(train.len(), k, Some(&never))
                 .into_iter()
                 .map(|j| &train[j])
                 .collect();

@@ -4,7 +4,8 @@
 
 use crate::data::WinograndeDoc;
 use crate::error::{Error, Result};
-use crate::tasks::{sample_fewshot, McItem, Request, FEWSHOT_DELIMITER, TARGET_DELIMITER};
+use crate::pyrandom::ContextSampler;
+use crate::tasks::{McItem, Request, FEWSHOT_DELIMITER, TARGET_DELIMITER};
 
 /// (the two partial contexts, the shared target, the gold index).
 pub fn split(d: &WinograndeDoc) -> Result<([String; 2], String, usize)> {
@@ -48,16 +49,32 @@ pub fn fewshot_prefix(shots: &[&WinograndeDoc]) -> Result<String> {
     Ok(s)
 }
 
+/// lm-eval compares documents as dicts: a train row equals a validation row when all four
+/// fields do.
+fn same_doc(a: &WinograndeDoc, b: &WinograndeDoc) -> bool {
+    a.sentence == b.sentence
+        && a.option1 == b.option1
+        && a.option2 == b.option2
+        && a.answer == b.answer
+}
+
+/// Items for `val` with `k` examples from `train` each, drawn as lm-eval draws them
+/// ([`ContextSampler`]). The yaml sets no `test_split` and no `fewshot_split`, which lm-eval
+/// takes as "few-shot split == test split": `k + 1` are drawn and any train row equal to the
+/// evaluated one is dropped.
 pub fn items(
     val: &[WinograndeDoc],
     train: &[WinograndeDoc],
     k: usize,
     seed: u64,
 ) -> Result<Vec<McItem>> {
+    let mut sampler = ContextSampler::new(seed);
     val.iter()
         .enumerate()
         .map(|(i, d)| {
-            let shots: Vec<&WinograndeDoc> = sample_fewshot(train.len(), k, seed, i, None)
+            let is_eval_doc = |j: usize| same_doc(&train[j], d);
+            let shots: Vec<&WinograndeDoc> = sampler
+                .sample(train.len(), k, Some(&is_eval_doc))
                 .into_iter()
                 .map(|j| &train[j])
                 .collect();
