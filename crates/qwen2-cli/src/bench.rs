@@ -42,13 +42,24 @@ pub fn peak_rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-pub fn bench(
-    lm: &LoadedModel,
-    load_s: f64,
-    p: usize,
-    n: usize,
-    reps: usize,
-) -> Result<BenchResult> {
+/// What `qwen2 bench` runs.
+pub struct BenchOpts {
+    /// Prompt tokens to prefill (pp).
+    pub prompt: usize,
+    /// Tokens to decode (tg).
+    pub gen: usize,
+    /// Measured repetitions.
+    pub reps: usize,
+    /// Unmeasured rounds first (page in the weights, warm the caches); 0 for runs so long
+    /// that one round is all there is time for (a 32K prompt).
+    pub warmup: usize,
+    /// Decode after the prompt, in its cache (tg at depth `prompt`, as llama-bench's `-d`),
+    /// instead of from an empty cache.
+    pub after_prompt: bool,
+}
+
+pub fn bench(lm: &LoadedModel, load_s: f64, o: &BenchOpts) -> Result<BenchResult> {
+    let (p, n) = (o.prompt, o.gen);
     let model = &lm.model;
     // Deterministic, varied token ids (like llama-bench's random tokens).
     let vocab = model.vocab_size().min(150_000) as u64;
@@ -62,25 +73,27 @@ pub fn bench(
     let prompt: Vec<u32> = (0..p).map(|_| next()).collect();
     let mut pre = Vec::new();
     let mut dec = Vec::new();
-    // One warm-up round (page in the weights), then the measured ones.
-    for rep in 0..=reps {
+    for rep in 0..o.warmup + o.reps {
+        let measured = rep >= o.warmup;
         let mut cache = model.new_cache(p + n + 1);
         if p > 0 {
             let t = Instant::now();
             model.forward(&prompt, &mut cache, Logits::Last)?;
-            if rep > 0 {
+            if measured {
                 pre.push(p as f64 / t.elapsed().as_secs_f64());
             }
         }
         if n > 0 {
-            let mut cache = model.new_cache(n + 1);
+            if !o.after_prompt {
+                cache = model.new_cache(n + 1);
+            }
             let t = Instant::now();
             let mut tok = next();
             for _ in 0..n {
                 let logits = model.forward(&[tok], &mut cache, Logits::Last)?;
                 tok = qwen2_core::sampling::argmax(&logits);
             }
-            if rep > 0 {
+            if measured {
                 dec.push(n as f64 / t.elapsed().as_secs_f64());
             }
         }

@@ -186,9 +186,16 @@ enum Cmd {
         /// Tokens to decode.
         #[arg(short = 'n', long, default_value_t = 128)]
         gen: usize,
-        /// Measured repetitions (after one warm-up).
+        /// Measured repetitions (after the warm-up rounds).
         #[arg(short = 'r', long, default_value_t = 3)]
         reps: usize,
+        /// Unmeasured warm-up rounds (0 for a single long run, e.g. a 32K prompt).
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Decode after the prompt, in its cache (tg at depth = the prompt length, as
+        /// llama-bench's -d), instead of from an empty cache.
+        #[arg(long)]
+        after_prompt: bool,
         /// One JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -282,12 +289,21 @@ fn run(cli: Cli) -> Result<()> {
             prompt,
             gen,
             reps,
+            warmup,
+            after_prompt,
             json,
         } => {
             let t0 = Instant::now();
             let lm = load(&m)?;
             let load_s = t0.elapsed().as_secs_f64();
-            let r = bench::bench(&lm, load_s, prompt, gen, reps.max(1))?;
+            let opts = bench::BenchOpts {
+                prompt,
+                gen,
+                reps: reps.max(1),
+                warmup,
+                after_prompt,
+            };
+            let r = bench::bench(&lm, load_s, &opts)?;
             if json {
                 let j = serde_json::json!({
                     "model": lm.name,
@@ -297,6 +313,8 @@ fn run(cli: Cli) -> Result<()> {
                     "prompt_tokens": prompt,
                     "gen_tokens": gen,
                     "reps": reps,
+                    "warmup": warmup,
+                    "after_prompt": after_prompt,
                     "prefill_tok_s": r.prefill.median,
                     "prefill_tok_s_min": r.prefill.min,
                     "prefill_tok_s_max": r.prefill.max,
