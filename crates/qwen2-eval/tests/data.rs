@@ -2,27 +2,14 @@
 //! and our formatting against the few prompts that the OLMES dumps store pre-rendered.
 //! These fail (not skip) when the data is absent.
 
+mod common;
+use common::data_root;
+
 use std::io::Write;
-use std::path::PathBuf;
 
 use qwen2_eval::data::{self, DataDir};
 use qwen2_eval::tasks;
 use qwen2_eval::Error;
-
-fn data_root() -> PathBuf {
-    let home = std::env::var_os("QWEN2_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/qwen2")
-        });
-    let root = home.join("data");
-    assert!(
-        data::is_pulled(&root),
-        "the evaluation data is missing in {}: run `qwen2 data pull` (scripts/test.sh does)",
-        root.display()
-    );
-    root
-}
 
 #[test]
 fn every_set_has_its_published_size() {

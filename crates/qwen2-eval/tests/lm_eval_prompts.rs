@@ -5,27 +5,13 @@
 //! document, so later documents check the port of Python's `random` and lm-eval's sampler).
 //! Needs the pulled data (`qwen2 data pull`; scripts/test.sh runs it).
 
-use std::path::PathBuf;
+mod common;
+use common::data_root;
 
 use qwen2_eval::data::{self, DataDir};
 use qwen2_eval::tasks::{self, McItem};
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
-
-fn data_root() -> PathBuf {
-    let home = std::env::var_os("QWEN2_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/qwen2")
-        });
-    let root = home.join("data");
-    assert!(
-        data::is_pulled(&root),
-        "the evaluation data is missing in {}: run `qwen2 data pull` (scripts/test.sh does)",
-        root.display()
-    );
-    root
-}
 
 fn fixture(task: &str) -> Json {
     let path = concat!(

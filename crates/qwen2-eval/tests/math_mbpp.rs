@@ -3,27 +3,14 @@
 //! first prompts equal lm-eval's rendering, and MBPP's reference programs pass in the sandbox.
 //! These fail (not skip) when the data is absent.
 
-use std::io::BufRead;
-use std::path::PathBuf;
+mod common;
+use common::data_root;
 
-use qwen2_eval::data::{self, DataDir};
+use std::io::BufRead;
+
+use qwen2_eval::data::DataDir;
 use qwen2_eval::sandbox::{run_python, Limits, Verdict};
 use qwen2_eval::tasks::{math, mbpp};
-
-fn data_root() -> PathBuf {
-    let home = std::env::var_os("QWEN2_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/qwen2")
-        });
-    let root = home.join("data");
-    assert!(
-        data::is_pulled(&root),
-        "the evaluation data is missing in {}: run `qwen2 data pull` (scripts/test.sh does)",
-        root.display()
-    );
-    root
-}
 
 #[test]
 fn math_reference_answers_are_lm_eval_process_docs() {

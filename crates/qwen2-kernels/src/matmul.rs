@@ -135,13 +135,7 @@ pub fn matmul_prompt_with_isa(
     batch: usize,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    isa.check_available()?;
-    check_shapes(w, x, batch, out)?;
-    if batch == 0 || w.rows == 0 {
-        return Ok(());
-    }
-    if w.cols == 0 {
-        out.fill(0.0);
+    if !prepare(isa, w, x, batch, out)? {
         return Ok(());
     }
     gemm::panel_matmul(isa, w, x, batch, out);
@@ -183,17 +177,32 @@ pub fn matmul_decode_with_isa(
     batch: usize,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    isa.check_available()?;
-    check_shapes(w, x, batch, out)?;
-    if batch == 0 || w.rows == 0 {
-        return Ok(());
-    }
-    if w.cols == 0 {
-        out.fill(0.0);
+    if !prepare(isa, w, x, batch, out)? {
         return Ok(());
     }
     decode::decode_rows(isa, w, x, batch, out);
     Ok(())
+}
+
+/// Checks the ISA and the shapes and settles the empty cases (no rows, or `cols == 0`: all
+/// zeros); `Ok(true)` when there is a product left to compute.
+fn prepare(
+    isa: Isa,
+    w: &QMatRef,
+    x: &[f32],
+    batch: usize,
+    out: &mut [f32],
+) -> Result<bool, KernelError> {
+    isa.check_available()?;
+    check_shapes(w, x, batch, out)?;
+    if batch == 0 || w.rows == 0 {
+        return Ok(false);
+    }
+    if w.cols == 0 {
+        out.fill(0.0);
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// Reference: dequantize each weight row to f32 and take f64-accumulated dot products with the
