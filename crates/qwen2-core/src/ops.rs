@@ -450,74 +450,23 @@ mod tests {
                     worst = worst.max(err / scale);
                     assert!(err <= 1e-5 * scale, "{what} hd {hd} pos0 {pos0}: {err}");
                 };
-                let args = (n_new, pos0, nh, nkv, hd, window);
-                attention_reference(
-                    &q,
-                    &k[..],
-                    &v[..],
-                    &mut want,
-                    args.0,
-                    args.1,
-                    args.2,
-                    args.3,
-                    args.4,
-                    args.5,
-                );
-                attention(
-                    &q,
-                    KvView::F32(&k, &v),
-                    &mut got,
-                    args.0,
-                    args.1,
-                    args.2,
-                    args.3,
-                    args.4,
-                    args.5,
-                )
-                .unwrap();
-                check(&want, &got, "f32");
-                attention_reference(
-                    &q,
-                    &k16[..],
-                    &v16[..],
-                    &mut want,
-                    args.0,
-                    args.1,
-                    args.2,
-                    args.3,
-                    args.4,
-                    args.5,
-                );
-                attention(
-                    &q,
-                    KvView::F16(&k16, &v16),
-                    &mut got,
-                    args.0,
-                    args.1,
-                    args.2,
-                    args.3,
-                    args.4,
-                    args.5,
-                )
-                .unwrap();
-                check(&want, &got, "f16");
                 let (rk, rv) = (Q8Rows(&k8), Q8Rows(&v8));
-                attention_reference(
-                    &q, &rk, &rv, &mut want, args.0, args.1, args.2, args.3, args.4, args.5,
-                );
-                attention(
-                    &q,
-                    KvView::Q8_0(&k8, &v8),
-                    &mut got,
-                    args.0,
-                    args.1,
-                    args.2,
-                    args.3,
-                    args.4,
-                    args.5,
-                )
-                .unwrap();
-                check(&want, &got, "q8_0");
+                let (a, b, c, d, e, f) = (n_new, pos0, nh, nkv, hd, window);
+                // The naive reference over each KV type, then the kernel on the same cache.
+                attention_reference(&q, &k[..], &v[..], &mut want, a, b, c, d, e, f);
+                let f32_ref = want.clone();
+                attention_reference(&q, &k16[..], &v16[..], &mut want, a, b, c, d, e, f);
+                let f16_ref = want.clone();
+                attention_reference(&q, &rk, &rv, &mut want, a, b, c, d, e, f);
+                let cases = [
+                    ("f32", KvView::F32(&k, &v), f32_ref),
+                    ("f16", KvView::F16(&k16, &v16), f16_ref),
+                    ("q8_0", KvView::Q8_0(&k8, &v8), want.clone()),
+                ];
+                for (what, kv, want) in cases {
+                    attention(&q, kv, &mut got, a, b, c, d, e, f).unwrap();
+                    check(&want, &got, what);
+                }
             }
         }
         eprintln!("flash vs naive attention: worst error {worst:e} of max |out|");
