@@ -444,17 +444,7 @@ fn judge(id: &str, prompt_sha: &str, text: String, check: &Check) -> Result<Json
         }
         Check::HumanEval(doc) => {
             let program = tasks::humaneval::program(doc, &text);
-            let o = crate::sandbox::run_python(&program, &crate::sandbox::Limits::default())?;
-            let passed = o.verdict == crate::sandbox::Verdict::Passed;
-            json!({
-                "id": id,
-                "prompt_sha256": prompt_sha,
-                "generated": text,
-                "verdict": format!("{:?}", o.verdict),
-                "stderr_tail": o.stderr.chars().rev().take(400).collect::<String>().chars().rev().collect::<String>(),
-                "isolation": format!("{:?}", o.isolation),
-                "pass@1": f64::from(u8::from(passed)),
-            })
+            program_record(&program, id, prompt_sha, &text)?
         }
         Check::Math(target) => {
             let j = tasks::math::judge(&text, target);
@@ -471,19 +461,25 @@ fn judge(id: &str, prompt_sha: &str, text: String, check: &Check) -> Result<Json
         }
         Check::Mbpp(doc) => {
             let program = tasks::mbpp::program(doc, &text);
-            let o = crate::sandbox::run_python(&program, &crate::sandbox::Limits::default())?;
-            let passed = o.verdict == crate::sandbox::Verdict::Passed;
-            json!({
-                "id": id,
-                "prompt_sha256": prompt_sha,
-                "generated": text,
-                "verdict": format!("{:?}", o.verdict),
-                "stderr_tail": o.stderr.chars().rev().take(400).collect::<String>().chars().rev().collect::<String>(),
-                "isolation": format!("{:?}", o.isolation),
-                "pass@1": f64::from(u8::from(passed)),
-            })
+            program_record(&program, id, prompt_sha, &text)?
         }
     })
+}
+
+/// Runs a generated program (HumanEval, MBPP) in the sandbox; its sample record with pass@1.
+fn program_record(program: &str, id: &str, prompt_sha: &str, text: &str) -> Result<Json> {
+    let o = crate::sandbox::run_python(program, &crate::sandbox::Limits::default())?;
+    let passed = o.verdict == crate::sandbox::Verdict::Passed;
+    let tail: Vec<char> = o.stderr.chars().rev().take(400).collect();
+    Ok(json!({
+        "id": id,
+        "prompt_sha256": prompt_sha,
+        "generated": text,
+        "verdict": format!("{:?}", o.verdict),
+        "stderr_tail": tail.into_iter().rev().collect::<String>(),
+        "isolation": format!("{:?}", o.isolation),
+        "pass@1": f64::from(u8::from(passed)),
+    }))
 }
 
 fn append(out: &mut File, path: &Path, rec: &Json) -> Result<()> {
