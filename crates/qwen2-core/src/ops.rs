@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use crate::config::{yarn_mscale, Config, RopeScaling};
 use crate::error::Result;
 use crate::kv_cache::KvView;
+pub use qwen2_kernels::AttnShape;
 
 /// `out = x / sqrt(mean(x²) + eps) * w`, row by row (Qwen2RMSNorm: normalise in f32, then
 /// multiply by the weight).
@@ -203,40 +204,22 @@ impl Rope {
     }
 }
 
-/// Causal grouped-query attention for `n_new` query rows against a cache holding
+/// Causal grouped-query attention for `shape.n_new` query rows against a cache holding
 /// `pos0 + n_new` key/value rows (the new ones already appended): `qwen2_kernels::attention`,
 /// the tiled flash-attention kernel (f32 K·Q, online softmax and P·V; batch invariant per row).
 ///
-/// `q`, `out`: `[n_new, n_heads * hd]`. `window`: sliding-window size; the query at position
-/// `i` sees key `j` iff `j <= i` and `i - j < window` — transformers' `sliding_window_overlay`
-/// (`kv_idx > q_idx - window`), checked by scripts/fixtures/long_context.py.
-#[allow(clippy::too_many_arguments)]
-pub fn attention(
-    q: &[f32],
-    kv: KvView<'_>,
-    out: &mut [f32],
-    n_new: usize,
-    pos0: usize,
-    n_heads: usize,
-    n_kv: usize,
-    hd: usize,
-    window: Option<usize>,
-) -> Result<()> {
+/// `q`, `out`: `[n_new, n_heads * head_dim]`. `shape.window`: sliding-window size; the query at
+/// position `i` sees key `j` iff `j <= i` and `i - j < window` — transformers'
+/// `sliding_window_overlay` (`kv_idx > q_idx - window`), checked by
+/// scripts/fixtures/long_context.py.
+pub fn attention(q: &[f32], kv: KvView<'_>, out: &mut [f32], shape: &AttnShape) -> Result<()> {
     use qwen2_kernels::KvData;
     let (k, v) = match kv {
         KvView::F32(k, v) => (KvData::F32(k), KvData::F32(v)),
         KvView::F16(k, v) => (KvData::F16(k), KvData::F16(v)),
         KvView::Q8_0(k, v) => (KvData::Q8_0(k), KvData::Q8_0(v)),
     };
-    let shape = qwen2_kernels::AttnShape {
-        n_new,
-        pos0,
-        n_heads,
-        n_kv,
-        head_dim: hd,
-        window,
-    };
-    qwen2_kernels::attention(q, k, v, out, &shape)?;
+    qwen2_kernels::attention(q, k, v, out, shape)?;
     Ok(())
 }
 
@@ -299,19 +282,21 @@ impl KvRows for Q8Rows<'_> {
 /// `window`: sliding-window size. Query at position `i` sees key `j` iff `j <= i` and
 /// `i - j < window` — transformers' `sliding_window_overlay` (`kv_idx > q_idx - window`),
 /// checked by scripts/fixtures/long_context.py.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_reference<T: KvRows + ?Sized>(
     q: &[f32],
     k: &T,
     v: &T,
     out: &mut [f32],
-    n_new: usize,
-    pos0: usize,
-    n_heads: usize,
-    n_kv: usize,
-    hd: usize,
-    window: Option<usize>,
+    shape: &AttnShape,
 ) {
+    let &AttnShape {
+        n_new,
+        pos0,
+        n_heads,
+        n_kv,
+        head_dim: hd,
+        window,
+    } = shape;
     debug_assert_eq!(q.len(), n_new * n_heads * hd);
     let group = n_heads / n_kv;
     let q_row = n_heads * hd;
@@ -451,20 +436,27 @@ mod tests {
                     assert!(err <= 1e-5 * scale, "{what} hd {hd} pos0 {pos0}: {err}");
                 };
                 let (rk, rv) = (Q8Rows(&k8), Q8Rows(&v8));
-                let (a, b, c, d, e, f) = (n_new, pos0, nh, nkv, hd, window);
+                let sh = AttnShape {
+                    n_new,
+                    pos0,
+                    n_heads: nh,
+                    n_kv: nkv,
+                    head_dim: hd,
+                    window,
+                };
                 // The naive reference over each KV type, then the kernel on the same cache.
-                attention_reference(&q, &k[..], &v[..], &mut want, a, b, c, d, e, f);
+                attention_reference(&q, &k[..], &v[..], &mut want, &sh);
                 let f32_ref = want.clone();
-                attention_reference(&q, &k16[..], &v16[..], &mut want, a, b, c, d, e, f);
+                attention_reference(&q, &k16[..], &v16[..], &mut want, &sh);
                 let f16_ref = want.clone();
-                attention_reference(&q, &rk, &rv, &mut want, a, b, c, d, e, f);
+                attention_reference(&q, &rk, &rv, &mut want, &sh);
                 let cases = [
                     ("f32", KvView::F32(&k, &v), f32_ref),
                     ("f16", KvView::F16(&k16, &v16), f16_ref),
                     ("q8_0", KvView::Q8_0(&k8, &v8), want.clone()),
                 ];
                 for (what, kv, want) in cases {
-                    attention(&q, kv, &mut got, a, b, c, d, e, f).unwrap();
+                    attention(&q, kv, &mut got, &sh).unwrap();
                     check(&want, &got, what);
                 }
             }
@@ -478,11 +470,19 @@ mod tests {
         let q = vec![0.3f32; 4];
         let k = vec![0.1f32; 2];
         let v = vec![5.0f32, -1.0];
+        let sh = AttnShape {
+            n_new: 1,
+            pos0: 0,
+            n_heads: 2,
+            n_kv: 1,
+            head_dim: 2,
+            window: None,
+        };
         let mut out = vec![0f32; 4];
-        attention_reference::<[f32]>(&q, &k, &v, &mut out, 1, 0, 2, 1, 2, None);
+        attention_reference::<[f32]>(&q, &k, &v, &mut out, &sh);
         assert_eq!(out, vec![5.0, -1.0, 5.0, -1.0]);
         let mut out = vec![0f32; 4];
-        attention(&q, KvView::F32(&k, &v), &mut out, 1, 0, 2, 1, 2, None).unwrap();
+        attention(&q, KvView::F32(&k, &v), &mut out, &sh).unwrap();
         assert_eq!(out, vec![5.0, -1.0, 5.0, -1.0]);
     }
 }

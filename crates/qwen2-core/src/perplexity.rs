@@ -15,6 +15,31 @@ pub struct Perplexity {
     pub n_scored: usize,
 }
 
+/// How many whole chunks of `ctx` tokens `n_tokens` holds (at least one), or why it is none.
+fn chunk_count(n_tokens: usize, ctx: usize) -> Result<usize> {
+    if ctx < 4 {
+        return Err(Error::Invalid(format!(
+            "--ctx must be at least 4, got {ctx}"
+        )));
+    }
+    let n_chunks = n_tokens / ctx;
+    if n_chunks == 0 {
+        return Err(Error::Invalid(format!(
+            "the text has {n_tokens} tokens; at least one chunk of --ctx {ctx} is needed"
+        )));
+    }
+    Ok(n_chunks)
+}
+
+/// One chunk from an empty cache: logits for its second half only (the first half only
+/// builds context). Row `r` is position `len/2 + r` and predicts token `len/2 + r + 1`.
+fn second_half_logits(model: &Qwen2, chunk: &[u32]) -> Result<Vec<f32>> {
+    let first = chunk.len() / 2;
+    let mut cache = model.new_cache(chunk.len());
+    model.forward(&chunk[..first], &mut cache, Logits::None)?;
+    model.forward(&chunk[first..], &mut cache, Logits::All)
+}
+
 /// `progress(chunk, n_chunks, running_ppl)` is called after each chunk.
 pub fn perplexity(
     model: &Qwen2,
@@ -22,35 +47,18 @@ pub fn perplexity(
     ctx: usize,
     mut progress: impl FnMut(usize, usize, f64),
 ) -> Result<Perplexity> {
-    if ctx < 4 {
-        return Err(Error::Invalid(format!(
-            "--ctx must be at least 4, got {ctx}"
-        )));
-    }
-    let n_chunks = ids.len() / ctx;
-    if n_chunks == 0 {
-        return Err(Error::Invalid(format!(
-            "the text has {} tokens; at least one chunk of --ctx {ctx} is needed",
-            ids.len()
-        )));
-    }
+    let n_chunks = chunk_count(ids.len(), ctx)?;
     let first = ctx / 2;
     let vocab = model.vocab_size();
     let mut nll = 0f64;
     let mut count = 0usize;
     for c in 0..n_chunks {
         let chunk = &ids[c * ctx..(c + 1) * ctx];
-        let mut cache = model.new_cache(ctx);
-        // The first half only builds context: no logits needed there.
-        model.forward(&chunk[..first], &mut cache, Logits::None)?;
-        let logits = model.forward(&chunk[first..], &mut cache, Logits::All)?;
-        // logits row r is position first + r and predicts token first + r + 1.
+        let logits = second_half_logits(model, chunk)?;
         for r in 0..ctx - first - 1 {
             let row = &logits[r * vocab..(r + 1) * vocab];
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
             let target = chunk[first + r + 1] as usize;
-            nll += max + sum.ln() - row[target] as f64;
+            nll += log_sum_exp(row) - row[target] as f64;
             count += 1;
         }
         progress(c, n_chunks, (nll / count as f64).exp());
@@ -112,11 +120,7 @@ pub fn kl_divergence(
     ctx: usize,
     mut progress: impl FnMut(usize, usize, f64),
 ) -> Result<KlDivergence> {
-    if ctx < 4 {
-        return Err(Error::Invalid(format!(
-            "--ctx must be at least 4, got {ctx}"
-        )));
-    }
+    let n_chunks = chunk_count(ids.len(), ctx)?;
     let vocab = model.vocab_size();
     if base.vocab_size() != vocab {
         return Err(Error::Invalid(format!(
@@ -125,26 +129,14 @@ pub fn kl_divergence(
             base.vocab_size()
         )));
     }
-    let n_chunks = ids.len() / ctx;
-    if n_chunks == 0 {
-        return Err(Error::Invalid(format!(
-            "the text has {} tokens; at least one chunk of --ctx {ctx} is needed",
-            ids.len()
-        )));
-    }
     let first = ctx / 2;
     let (mut nll_m, mut nll_b) = (0f64, 0f64);
     let mut kls: Vec<f64> = Vec::with_capacity(n_chunks * (ctx - first));
     let mut same_top = 0usize;
-    let run = |m: &Qwen2, chunk: &[u32]| -> Result<Vec<f32>> {
-        let mut cache = m.new_cache(ctx);
-        m.forward(&chunk[..first], &mut cache, Logits::None)?;
-        m.forward(&chunk[first..], &mut cache, Logits::All)
-    };
     for c in 0..n_chunks {
         let chunk = &ids[c * ctx..(c + 1) * ctx];
-        let lm = run(model, chunk)?;
-        let lb = run(base, chunk)?;
+        let lm = second_half_logits(model, chunk)?;
+        let lb = second_half_logits(base, chunk)?;
         for r in 0..ctx - first - 1 {
             let (qm, qb) = (
                 &lm[r * vocab..(r + 1) * vocab],

@@ -173,27 +173,6 @@ fn fast_q8() -> &'static LoadedModel {
     })
 }
 
-/// Mean KL(reference ‖ ours) and top-1 agreement over all positions.
-fn kl_and_top1(reference: &[f32], ours: &[f32], vocab: usize) -> (f64, f64) {
-    let log_softmax = |x: &[f32]| {
-        let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-        let lse = x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln() + m;
-        x.iter().map(|&v| v as f64 - lse).collect::<Vec<_>>()
-    };
-    let n = reference.len() / vocab;
-    let (mut kl, mut agree) = (0f64, 0usize);
-    for (r, o) in reference.chunks_exact(vocab).zip(ours.chunks_exact(vocab)) {
-        let (p, q) = (log_softmax(r), log_softmax(o));
-        kl += p
-            .iter()
-            .zip(&q)
-            .map(|(a, b)| a.exp() * (a - b))
-            .sum::<f64>();
-        agree += usize::from(argmax(r) == argmax(o));
-    }
-    (kl / n as f64, agree as f64 / n as f64)
-}
-
 /// Same text and bar as real_model.rs's fast-path test (prefill over 512 tokens, decode token
 /// by token over the first 192), with the q8_0 cache instead of f16.
 #[test]

@@ -9,49 +9,13 @@ use common::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use qwen2_core::gguf::GgufFile;
 use qwen2_core::kv_cache::KvDtype;
 use qwen2_core::quantize::{plan_with_experts, quantize, FileType};
 use qwen2_core::qwen2_kernels::GgmlType;
 use qwen2_core::{Logits, Precision};
 
 fn expected_types(case: &str, ftype: FileType) -> BTreeMap<String, String> {
-    let r = read_json(&fixture("quant/moe_types.json"));
-    let m = r[case]["types"][ftype.name()]
-        .as_object()
-        .unwrap_or_else(|| panic!("moe_types.json has no {case}/{ftype}"));
-    m.iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
-        .collect()
-}
-
-fn file_types(path: &Path) -> BTreeMap<String, String> {
-    let g = GgufFile::open(path).unwrap();
-    g.tensors
-        .values()
-        .map(|t| (t.name.clone(), t.ty.name().to_string()))
-        .collect()
-}
-
-fn log_softmax(x: &[f32]) -> Vec<f64> {
-    let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-    let lse = x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln() + m;
-    x.iter().map(|&v| v as f64 - lse).collect()
-}
-
-/// Mean over positions of KL(p_transformers || p_ours).
-fn mean_kl(reference: &[f32], quant: &[f32], vocab: usize) -> f64 {
-    let n = reference.len() / vocab;
-    let mut kl = 0.0;
-    for (r, q) in reference.chunks(vocab).zip(quant.chunks(vocab)) {
-        let (lr, lq) = (log_softmax(r), log_softmax(q));
-        kl += lr
-            .iter()
-            .zip(&lq)
-            .map(|(a, b)| a.exp() * (a - b))
-            .sum::<f64>();
-    }
-    kl / n as f64
+    llama_cpp_types("quant/moe_types.json", case, ftype)
 }
 
 fn kl_to_transformers(case: &str, model: &Path) -> f64 {
@@ -64,7 +28,8 @@ fn kl_to_transformers(case: &str, model: &Path) -> f64 {
     assert!(lm.model.cfg.moe.is_some());
     let mut cache = lm.model.new_cache_with(64, KvDtype::F32);
     let got = lm.model.forward(&input, &mut cache, Logits::All).unwrap();
-    mean_kl(&want, &got, lm.model.vocab_size())
+    // Mean over positions of KL(p_transformers || p_ours).
+    kl_and_top1(&want, &got, lm.model.vocab_size()).0
 }
 
 /// Largest mean KL accepted on the tiny MoE fixtures (hidden 64, vocab 256, 8 experts).
@@ -117,7 +82,6 @@ fn wide_moe_plan_matches_llama_cpp() {
         g("sff"),
         g("vocab"),
     );
-    let hd = h / heads;
     let mut list: Vec<(String, Vec<usize>)> = vec![
         ("token_embd.weight".into(), vec![vocab, h]),
         ("output_norm.weight".into(), vec![h]),
@@ -125,16 +89,8 @@ fn wide_moe_plan_matches_llama_cpp() {
     ];
     for i in 0..layers {
         let p = |n: &str| format!("blk.{i}.{n}");
+        list.extend(gguf_attn_tensors(i, h, heads, kv));
         list.extend([
-            (p("attn_norm.weight"), vec![h]),
-            (p("ffn_norm.weight"), vec![h]),
-            (p("attn_q.weight"), vec![heads * hd, h]),
-            (p("attn_q.bias"), vec![heads * hd]),
-            (p("attn_k.weight"), vec![kv * hd, h]),
-            (p("attn_k.bias"), vec![kv * hd]),
-            (p("attn_v.weight"), vec![kv * hd, h]),
-            (p("attn_v.bias"), vec![kv * hd]),
-            (p("attn_output.weight"), vec![h, heads * hd]),
             (p("ffn_gate_inp.weight"), vec![ne, h]),
             (p("ffn_gate_exps.weight"), vec![ne, eff, h]),
             (p("ffn_up_exps.weight"), vec![ne, eff, h]),

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use qwen2_core::gguf::{GgufFile, Value};
 use qwen2_core::gguf_write::GgufWriter;
@@ -26,43 +26,7 @@ fn reference() -> serde_json::Value {
 }
 
 fn expected_types(case: &str, ftype: FileType) -> BTreeMap<String, String> {
-    let r = reference();
-    let m = r[case]["types"][ftype.name()]
-        .as_object()
-        .unwrap_or_else(|| panic!("types.json has no {case}/{ftype}"));
-    m.iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
-        .collect()
-}
-
-fn file_types(path: &Path) -> BTreeMap<String, String> {
-    let g = GgufFile::open(path).unwrap();
-    g.tensors
-        .values()
-        .map(|t| (t.name.clone(), t.ty.name().to_string()))
-        .collect()
-}
-
-fn log_softmax(x: &[f32]) -> Vec<f64> {
-    let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-    let lse = x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln() + m;
-    x.iter().map(|&v| v as f64 - lse).collect()
-}
-
-/// Mean over positions of KL(p_ref || p_q), and the fraction of positions with the same argmax.
-fn kl_and_top1(reference: &[f32], quant: &[f32], vocab: usize) -> (f64, f64) {
-    let n = reference.len() / vocab;
-    let (mut kl, mut same) = (0.0, 0usize);
-    for (r, q) in reference.chunks(vocab).zip(quant.chunks(vocab)) {
-        let (lr, lq) = (log_softmax(r), log_softmax(q));
-        kl += lr
-            .iter()
-            .zip(&lq)
-            .map(|(a, b)| a.exp() * (a - b))
-            .sum::<f64>();
-        same += (argmax(r) == argmax(q)) as usize;
-    }
-    (kl / n as f64, same as f64 / n as f64)
+    llama_cpp_types("quant/types.json", case, ftype)
 }
 
 /// Largest mean KL accepted per file type on the tiny random models (12 positions, vocab 512;
@@ -134,7 +98,6 @@ fn synthetic_tensors(case: &serde_json::Value) -> (Vec<(String, Vec<usize>)>, us
         g("kv_heads"),
         g("vocab"),
     );
-    let hd = h / heads;
     let mut t = vec![
         ("token_embd.weight".to_string(), vec![vocab, h]),
         ("output_norm.weight".to_string(), vec![h]),
@@ -144,16 +107,8 @@ fn synthetic_tensors(case: &serde_json::Value) -> (Vec<(String, Vec<usize>)>, us
     }
     for i in 0..layers {
         let p = |n: &str| format!("blk.{i}.{n}");
+        t.extend(gguf_attn_tensors(i, h, heads, kv));
         t.extend([
-            (p("attn_norm.weight"), vec![h]),
-            (p("ffn_norm.weight"), vec![h]),
-            (p("attn_q.weight"), vec![heads * hd, h]),
-            (p("attn_q.bias"), vec![heads * hd]),
-            (p("attn_k.weight"), vec![kv * hd, h]),
-            (p("attn_k.bias"), vec![kv * hd]),
-            (p("attn_v.weight"), vec![kv * hd, h]),
-            (p("attn_v.bias"), vec![kv * hd]),
-            (p("attn_output.weight"), vec![h, heads * hd]),
             (p("ffn_gate.weight"), vec![f, h]),
             (p("ffn_up.weight"), vec![f, h]),
             (p("ffn_down.weight"), vec![h, f]),

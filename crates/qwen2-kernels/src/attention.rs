@@ -133,7 +133,13 @@ pub fn attention_scheduled(
     if shape.n_new == 0 {
         return Ok(());
     }
-    let kern = Kernel::pick(isa, shape.head_dim);
+    let call = Call {
+        kern: Kernel::pick(isa, shape.head_dim),
+        q,
+        k,
+        v,
+        sh: shape,
+    };
     let threads = rayon::current_num_threads().max(1);
     let sh = shape;
     match schedule {
@@ -141,14 +147,14 @@ pub fn attention_scheduled(
             let n_blocks = sh.blocks(0).start..sh.blocks(sh.n_new - 1).end;
             if sh.n_new <= SPLIT_MAX_ROWS && sh.n_kv < threads && n_blocks.len() >= 2 {
                 let runs = (2 * threads).div_ceil(sh.n_kv);
-                split_keys(kern, runs, q, k, v, out, sh);
+                split_keys(&call, runs, out);
             } else {
                 let rows = (sh.n_new * sh.n_kv).div_ceil(4 * threads);
-                tiles(kern, rows.clamp(1, MAX_TILE_ROWS), q, k, v, out, sh);
+                tiles(&call, rows.clamp(1, MAX_TILE_ROWS), out);
             }
         }
-        Schedule::Tiles(rows) => tiles(kern, rows.max(1), q, k, v, out, sh),
-        Schedule::SplitKeys(runs) => split_keys(kern, runs.max(1), q, k, v, out, sh),
+        Schedule::Tiles(rows) => tiles(&call, rows.max(1), out),
+        Schedule::SplitKeys(runs) => split_keys(&call, runs.max(1), out),
     }
     Ok(())
 }
@@ -310,6 +316,16 @@ impl Kernel {
     }
 }
 
+/// What every task of one call reads: the block kernel, the queries, the cache and the shape.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    kern: Kernel,
+    q: &'a [f32],
+    k: KvData<'a>,
+    v: KvData<'a>,
+    sh: &'a AttnShape,
+}
+
 /// The running softmax state of one (row, head): max `m`, sum `l`, unnormalised output `o`.
 struct RowState<'a> {
     m: &'a mut f32,
@@ -434,17 +450,13 @@ fn with_scratch<R>(nq: usize, hd: usize, f: impl FnOnce(Scratch<'_>) -> R) -> R 
 
 /// Widen keys and values `kstart..kend` of KV head `h` into the scratch; keys are zero-padded
 /// to a multiple of `KEY_GROUP` and packed for the score GEMM. Returns the padded key count.
-#[allow(clippy::too_many_arguments)]
 fn load_block(
-    kern: Kernel,
-    k: KvData<'_>,
-    v: KvData<'_>,
-    sh: &AttnShape,
+    c: &Call<'_>,
     h: usize,
-    kstart: usize,
-    kend: usize,
+    (kstart, kend): (usize, usize),
     sc: &mut Scratch<'_>,
 ) -> usize {
+    let Call { kern, k, v, sh, .. } = *c;
     let hd = sh.head_dim;
     let stride = sh.n_kv * hd;
     let nk = kend - kstart;
@@ -495,6 +507,33 @@ fn block_partials(
     }
 }
 
+/// Key block `b` for query rows `t0..t1` of KV head `h` (their queries already in `sc.qs`):
+/// widen and pack its keys and values, score them, and compute the partials; then `visit` each
+/// query vector `i` (scratch index `(t - t0) * group + gi`) whose row sees the block, in order.
+/// The one per-block step both schedules run, so they compute blocks identically.
+fn each_block_partial(
+    c: &Call<'_>,
+    h: usize,
+    (t0, t1): (usize, usize),
+    b: usize,
+    sc: &mut Scratch<'_>,
+    mut visit: impl FnMut(&mut Scratch<'_>, usize),
+) {
+    let Call { kern, sh, .. } = *c;
+    let (hd, g) = (sh.head_dim, sh.group());
+    let keys = (b * KB, ((b + 1) * KB).min(sh.pos0 + t1));
+    let nk = load_block(c, h, keys, sc);
+    kern.scores(sc.qs, (t1 - t0) * g, hd, sc.kt, nk, sc.s);
+    block_partials(kern, sh, (t0, t1), keys, sc);
+    for t in t0..t1 {
+        if row_keys(sh, t, keys).is_some() {
+            for i in (t - t0) * g..(t - t0 + 1) * g {
+                visit(sc, i);
+            }
+        }
+    }
+}
+
 /// Raw output pointer for tasks that write disjoint `(row, head)` slices of one `&mut [f32]`.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -511,15 +550,8 @@ impl OutPtr {
 }
 
 /// Tasks over (KV head, tile of `rows` query rows); each walks its keys block by block.
-fn tiles(
-    kern: Kernel,
-    rows: usize,
-    q: &[f32],
-    k: KvData<'_>,
-    v: KvData<'_>,
-    out: &mut [f32],
-    sh: &AttnShape,
-) {
+fn tiles(c: &Call<'_>, rows: usize, out: &mut [f32]) {
+    let Call { kern, q, sh, .. } = *c;
     let (hd, g) = (sh.head_dim, sh.group());
     let n_tiles = sh.n_new.div_ceil(rows);
     let out_len = out.len();
@@ -533,26 +565,15 @@ fn tiles(
             sc.m.fill(f32::NEG_INFINITY);
             sc.l.fill(0.0);
             load_queries(q, sh, h, t0, t1, sc.qs);
-            let (b0, b1) = (sh.blocks(t0).start, sh.blocks(t1 - 1).end);
-            let key_end = sh.pos0 + t1;
-            for b in b0..b1 {
-                let keys = (b * KB, ((b + 1) * KB).min(key_end));
-                let nk = load_block(kern, k, v, sh, h, keys.0, keys.1, &mut sc);
-                kern.scores(sc.qs, nq, hd, sc.kt, nk, sc.s);
-                block_partials(kern, sh, (t0, t1), keys, &mut sc);
-                for t in t0..t1 {
-                    if row_keys(sh, t, keys).is_none() {
-                        continue;
-                    }
-                    for i in (t - t0) * g..(t - t0 + 1) * g {
-                        let st = RowState {
-                            m: &mut sc.m[i],
-                            l: &mut sc.l[i],
-                            o: &mut sc.o[i * hd..(i + 1) * hd],
-                        };
-                        fold(kern, st, sc.stats[i], &sc.acc[i * hd..(i + 1) * hd]);
-                    }
-                }
+            for b in sh.blocks(t0).start..sh.blocks(t1 - 1).end {
+                each_block_partial(c, h, (t0, t1), b, &mut sc, |sc, i| {
+                    let st = RowState {
+                        m: &mut sc.m[i],
+                        l: &mut sc.l[i],
+                        o: &mut sc.o[i * hd..(i + 1) * hd],
+                    };
+                    fold(kern, st, sc.stats[i], &sc.acc[i * hd..(i + 1) * hd]);
+                });
             }
             let q_row = sh.n_heads * hd;
             for t in t0..t1 {
@@ -573,15 +594,8 @@ fn tiles(
 /// Tasks over (KV head, run of key blocks) write per-block partials `[m_b, l_b, acc[hd]]`;
 /// then each (row, head) folds its blocks in order. For decode: one row meets only `n_kv`
 /// KV heads, fewer than the threads.
-fn split_keys(
-    kern: Kernel,
-    runs: usize,
-    q: &[f32],
-    k: KvData<'_>,
-    v: KvData<'_>,
-    out: &mut [f32],
-    sh: &AttnShape,
-) {
+fn split_keys(c: &Call<'_>, runs: usize, out: &mut [f32]) {
+    let Call { kern, q, sh, .. } = *c;
     let (hd, g, n_new) = (sh.head_dim, sh.group(), sh.n_new);
     let (b0, b1) = (sh.blocks(0).start, sh.blocks(n_new - 1).end);
     if b0 >= b1 {
@@ -594,7 +608,6 @@ fn split_keys(
     // ((h * nb + b - b0) * n_new + t) * g + gi, each `e` long.
     let per_block = n_new * g * e;
     let run_blocks = nb.div_ceil(runs);
-    let key_end = sh.pos0 + n_new;
     let mut work = |parts: &mut [f32]| {
         parts
             .par_chunks_mut(nb * per_block)
@@ -607,20 +620,11 @@ fn split_keys(
                             load_queries(q, sh, h, 0, n_new, sc.qs);
                             for (bi, pb) in pr.chunks_mut(per_block).enumerate() {
                                 let b = b0 + ri * run_blocks + bi;
-                                let keys = (b * KB, ((b + 1) * KB).min(key_end));
-                                let nk = load_block(kern, k, v, sh, h, keys.0, keys.1, &mut sc);
-                                kern.scores(sc.qs, n_new * g, hd, sc.kt, nk, sc.s);
-                                block_partials(kern, sh, (0, n_new), keys, &mut sc);
-                                for t in 0..n_new {
-                                    if row_keys(sh, t, keys).is_none() {
-                                        continue;
-                                    }
-                                    for i in t * g..(t + 1) * g {
-                                        let ent = &mut pb[i * e..][..e];
-                                        (ent[0], ent[1]) = sc.stats[i];
-                                        ent[2..].copy_from_slice(&sc.acc[i * hd..(i + 1) * hd]);
-                                    }
-                                }
+                                each_block_partial(c, h, (0, n_new), b, &mut sc, |sc, i| {
+                                    let ent = &mut pb[i * e..][..e];
+                                    (ent[0], ent[1]) = sc.stats[i];
+                                    ent[2..].copy_from_slice(&sc.acc[i * hd..(i + 1) * hd]);
+                                });
                             }
                         })
                     })

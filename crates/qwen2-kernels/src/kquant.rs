@@ -116,12 +116,10 @@ fn make_qkx2_quants(
     scale
 }
 
-/// ggml `make_qx_quants` with `rmse_type = 1` and no importance weights (`w = x*x`):
-/// symmetric fit of `x` to `-nmax..nmax-1`, stored as `l + nmax`.
-fn make_qx_quants_rmse1(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
-    let n = x.len();
-    let mut max = 0.0f32;
-    let mut amax = 0.0f32;
+/// The first value of largest magnitude in `x` and that magnitude (ggml's `max`/`amax` scan;
+/// `(0, 0)` for an empty or all-zero `x`).
+fn signed_absmax(x: &[f32]) -> (f32, f32) {
+    let (mut max, mut amax) = (0.0f32, 0.0f32);
     for &v in x {
         let ax = v.abs();
         if ax > amax {
@@ -129,37 +127,51 @@ fn make_qx_quants_rmse1(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
             max = v;
         }
     }
+    (max, amax)
+}
+
+/// The symmetric levels `l = nearest_int(iscale * x)` clamped to `-nmax..nmax-1`, each handed
+/// to `store(i, l)`, and ggml's sums `(Σ w·x·l, Σ w·l²)` with `w = x²`, in ggml's order.
+#[inline(always)]
+fn symmetric_fit(
+    nmax: i32,
+    iscale: f32,
+    x: &[f32],
+    mut store: impl FnMut(usize, i32),
+) -> (f32, f32) {
+    let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
+    for (i, &xi) in x.iter().enumerate() {
+        let l = nearest_int(iscale * xi).clamp(-nmax, nmax - 1);
+        store(i, l);
+        let w = xi * xi;
+        let lf = l as f32;
+        sumlx += w * xi * lf;
+        suml2 += w * lf * lf;
+    }
+    (sumlx, suml2)
+}
+
+/// ggml `make_qx_quants` with `rmse_type = 1` and no importance weights (`w = x*x`):
+/// symmetric fit of `x` to `-nmax..nmax-1`, stored as `l + nmax`.
+fn make_qx_quants_rmse1(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
+    let n = x.len();
+    let (max, amax) = signed_absmax(x);
     if amax < GROUP_MAX_EPS {
         l_out[..n].fill(0);
         return 0.0;
     }
     let nmaxf = nmax as f32;
-    let mut iscale = -nmaxf / max;
-    let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
-    for i in 0..n {
-        let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+    let (sumlx, suml2) = symmetric_fit(nmax, -nmaxf / max, x, |i, l| {
         l_out[i] = (l + nmax) as i8;
-        let w = x[i] * x[i];
-        let lf = l as f32;
-        sumlx += w * x[i] * lf;
-        suml2 += w * lf * lf;
-    }
+    });
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     let mut best = scale * sumlx;
     for is in -9i32..=9 {
         if is == 0 {
             continue;
         }
-        iscale = -(nmaxf + 0.1 * is as f32) / max;
-        sumlx = 0.0;
-        suml2 = 0.0;
-        for &xi in x {
-            let l = nearest_int(iscale * xi).clamp(-nmax, nmax - 1);
-            let w = xi * xi;
-            let lf = l as f32;
-            sumlx += w * xi * lf;
-            suml2 += w * lf * lf;
-        }
+        let iscale = -(nmaxf + 0.1 * is as f32) / max;
+        let (sumlx, suml2) = symmetric_fit(nmax, iscale, x, |_, _| {});
         if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
             for i in 0..n {
                 let l = nearest_int(iscale * x[i]);
@@ -175,28 +187,14 @@ fn make_qx_quants_rmse1(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
 /// ggml `make_q3_quants(n, nmax, x, L, do_rmse = true)`.
 fn make_q3_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
     let n = x.len();
-    let mut max = 0.0f32;
-    let mut amax = 0.0f32;
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
+    let (max, amax) = signed_absmax(x);
     if amax < GROUP_MAX_EPS {
         l_out[..n].fill(0);
         return 0.0;
     }
-    let iscale = -(nmax as f32) / max;
-    let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
-    for i in 0..n {
-        let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+    let (mut sumlx, mut suml2) = symmetric_fit(nmax, -(nmax as f32) / max, x, |i, l| {
         l_out[i] = l as i8;
-        let w = x[i] * x[i];
-        sumlx += w * x[i] * l as f32;
-        suml2 += w * l as f32 * l as f32;
-    }
+    });
     for _itry in 0..5 {
         let mut n_changed = 0;
         for i in 0..n {
@@ -373,16 +371,10 @@ pub(crate) fn quantize_q5k_block(x: &[f32], b: &mut [u8]) {
 pub(crate) fn quantize_q6k_block(x: &[f32], b: &mut [u8]) {
     let mut l = [0i8; QK_K];
     let mut scales = [0.0f32; 16];
-    let mut max_scale = 0.0f32;
-    let mut max_abs_scale = 0.0f32;
-    for ib in 0..16 {
-        let s = make_qx_quants_rmse1(32, &x[16 * ib..16 * ib + 16], &mut l[16 * ib..16 * ib + 16]);
-        scales[ib] = s;
-        if s.abs() > max_abs_scale {
-            max_abs_scale = s.abs();
-            max_scale = s;
-        }
+    for (ib, s) in scales.iter_mut().enumerate() {
+        *s = make_qx_quants_rmse1(32, &x[16 * ib..16 * ib + 16], &mut l[16 * ib..16 * ib + 16]);
     }
+    let (max_scale, max_abs_scale) = signed_absmax(&scales);
     if max_abs_scale < GROUP_MAX_EPS {
         b.fill(0);
         return;
@@ -432,16 +424,10 @@ pub(crate) fn quantize_q6k_block(x: &[f32], b: &mut [u8]) {
 pub(crate) fn quantize_q3k_block(x: &[f32], b: &mut [u8]) {
     let mut l = [0i8; QK_K];
     let mut scales = [0.0f32; 16];
-    let mut max_scale = 0.0f32;
-    let mut amax = 0.0f32;
     for j in 0..16 {
         scales[j] = make_q3_quants(4, &x[16 * j..16 * j + 16], &mut l[16 * j..16 * j + 16]);
-        let s = scales[j].abs();
-        if s > amax {
-            amax = s;
-            max_scale = scales[j];
-        }
     }
+    let (max_scale, _) = signed_absmax(&scales);
     let sc = &mut b[96..108];
     sc.fill(0);
     let d_all;

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::api::RunCtx;
-use crate::choice::{drive, ChoiceMsg, ChoiceResult, Finish};
+use crate::choice::{drive, ChoiceMsg, ChoiceResult, Finish, TokenLp};
 use crate::engine::Handle;
 use crate::error::ApiError;
 use crate::render::{
@@ -76,6 +76,79 @@ fn error_event(m: &str) -> Event {
     .body()))
 }
 
+/// One streamed chunk of `object` holding `choice`. With usage on, every chunk but the last
+/// says `"usage": null`, as OpenAI's do.
+fn chunk_event(ctx: &RunCtx, object: &str, choice: Value) -> Event {
+    let mut c = json!({
+        "id": ctx.id,
+        "object": object,
+        "created": ctx.created,
+        "model": ctx.model,
+        "system_fingerprint": null,
+        "choices": [choice],
+    });
+    if ctx.include_usage {
+        c["usage"] = Value::Null;
+    }
+    data(&c)
+}
+
+/// Sends `events`, then what each choice message turns into (`on_delta` for a delta,
+/// `on_finish` for a choice that ended without error), until every choice is done. Returns the
+/// choices' results, or `None` when the client went away.
+async fn relay(
+    ctx: &RunCtx,
+    out: &mpsc::Sender<Event>,
+    rx: &mut mpsc::Receiver<ChoiceMsg>,
+    mut events: Vec<Event>,
+    mut on_delta: impl FnMut(usize, String, Vec<TokenLp>) -> Event,
+    mut on_finish: impl FnMut(&ChoiceResult, &mut Vec<Event>),
+) -> Option<Vec<ChoiceResult>> {
+    let mut results = Vec::new();
+    loop {
+        for e in events.drain(..) {
+            if out.send(e).await.is_err() {
+                ctx.state
+                    .metrics
+                    .disconnects
+                    .fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        }
+        let Some(msg) = rx.recv().await else { break };
+        match msg {
+            ChoiceMsg::Delta {
+                index,
+                text,
+                logprobs,
+            } => events.push(on_delta(index, text, logprobs)),
+            ChoiceMsg::Done(r) => {
+                if let Finish::Error(m) = &r.finish {
+                    events.push(error_event(m));
+                } else {
+                    on_finish(&r, &mut events);
+                }
+                results.push(r);
+            }
+        }
+    }
+    Some(results)
+}
+
+/// Sends the usage chunk (when asked for) and `[DONE]`, then records the request's latency.
+async fn close(ctx: &RunCtx, out: &mpsc::Sender<Event>, usage_chunk: Option<Value>) {
+    let events = usage_chunk
+        .map(|u| data(&u))
+        .into_iter()
+        .chain([Event::default().data("[DONE]")]);
+    for e in events {
+        if out.send(e).await.is_err() {
+            return;
+        }
+    }
+    ctx.state.metrics.latency.observe(ctx.started.elapsed());
+}
+
 pub fn chat_stream(ctx: RunCtx, handles: Vec<Handle>) -> Response {
     let (out, rx_out) = mpsc::channel::<Event>(64);
     let n = handles.len();
@@ -89,21 +162,10 @@ pub fn chat_stream(ctx: RunCtx, handles: Vec<Handle>) -> Response {
                 .collect(),
         );
         let chunk = |index: usize, delta: Value, logprobs: Value, finish: Value| {
-            let mut c = json!({
-                "id": ctx.id,
-                "object": "chat.completion.chunk",
-                "created": ctx.created,
-                "model": ctx.model,
-                "system_fingerprint": null,
-                "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
-            });
-            if ctx.include_usage {
-                c["usage"] = Value::Null;
-            }
-            data(&c)
+            let choice = json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish});
+            chunk_event(&ctx, "chat.completion.chunk", choice)
         };
-        let mut results: Vec<ChoiceResult> = Vec::new();
-        let mut events: Vec<Event> = (0..n)
+        let first: Vec<Event> = (0..n)
             .map(|i| {
                 chunk(
                     i,
@@ -113,71 +175,50 @@ pub fn chat_stream(ctx: RunCtx, handles: Vec<Handle>) -> Response {
                 )
             })
             .collect();
-        loop {
-            for e in events.drain(..) {
-                if out.send(e).await.is_err() {
-                    ctx.state
-                        .metrics
-                        .disconnects
-                        .fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            }
-            let Some(msg) = rx.recv().await else { break };
-            match msg {
-                ChoiceMsg::Delta {
-                    index,
-                    text,
-                    logprobs,
-                } => {
-                    let lp = if ctx.logprobs {
-                        chat_logprobs(&ctx.state, &logprobs)
-                    } else {
-                        Value::Null
-                    };
-                    events.push(chunk(index, json!({"content": text}), lp, Value::Null));
-                }
-                ChoiceMsg::Done(r) => {
-                    if let Finish::Error(m) = &r.finish {
-                        events.push(error_event(m));
-                    } else {
-                        let o = chat_outcome(&ctx, &r);
-                        if !o.tool_calls.is_empty() {
-                            if let Some(c) = o.content.filter(|c| *c != r.text) {
-                                let extra =
-                                    c.strip_prefix(r.text.as_str()).unwrap_or(&c).to_owned();
-                                if !extra.is_empty() {
-                                    events.push(chunk(
-                                        r.index,
-                                        json!({"content": extra}),
-                                        Value::Null,
-                                        Value::Null,
-                                    ));
-                                }
-                            }
-                            events.push(chunk(
-                                r.index,
-                                json!({"tool_calls": o.tool_calls}),
-                                Value::Null,
-                                Value::Null,
-                            ));
-                        } else if let Some(cap) = &r.captured {
-                            // Tool-call text that did not parse: it is plain content after all.
-                            events.push(chunk(
-                                r.index,
-                                json!({"content": cap}),
-                                Value::Null,
-                                Value::Null,
-                            ));
-                        }
-                        events.push(chunk(r.index, json!({}), Value::Null, json!(o.finish)));
+        let on_delta = |index: usize, text: String, logprobs: Vec<TokenLp>| {
+            let lp = if ctx.logprobs {
+                chat_logprobs(&ctx.state, &logprobs)
+            } else {
+                Value::Null
+            };
+            chunk(index, json!({"content": text}), lp, Value::Null)
+        };
+        let on_finish = |r: &ChoiceResult, events: &mut Vec<Event>| {
+            let o = chat_outcome(&ctx, r);
+            if !o.tool_calls.is_empty() {
+                if let Some(c) = o.content.filter(|c| *c != r.text) {
+                    let extra = c.strip_prefix(r.text.as_str()).unwrap_or(&c).to_owned();
+                    if !extra.is_empty() {
+                        events.push(chunk(
+                            r.index,
+                            json!({"content": extra}),
+                            Value::Null,
+                            Value::Null,
+                        ));
                     }
-                    results.push(r);
                 }
+                events.push(chunk(
+                    r.index,
+                    json!({"tool_calls": o.tool_calls}),
+                    Value::Null,
+                    Value::Null,
+                ));
+            } else if let Some(cap) = &r.captured {
+                // Tool-call text that did not parse: it is plain content after all.
+                events.push(chunk(
+                    r.index,
+                    json!({"content": cap}),
+                    Value::Null,
+                    Value::Null,
+                ));
             }
-        }
-        if ctx.include_usage {
-            events.push(data(&json!({
+            events.push(chunk(r.index, json!({}), Value::Null, json!(o.finish)));
+        };
+        let Some(results) = relay(&ctx, &out, &mut rx, first, on_delta, on_finish).await else {
+            return;
+        };
+        let usage_chunk = ctx.include_usage.then(|| {
+            json!({
                 "id": ctx.id,
                 "object": "chat.completion.chunk",
                 "created": ctx.created,
@@ -185,15 +226,9 @@ pub fn chat_stream(ctx: RunCtx, handles: Vec<Handle>) -> Response {
                 "system_fingerprint": null,
                 "choices": [],
                 "usage": usage(&ctx, &results),
-            })));
-        }
-        events.push(Event::default().data("[DONE]"));
-        for e in events {
-            if out.send(e).await.is_err() {
-                return;
-            }
-        }
-        ctx.state.metrics.latency.observe(ctx.started.elapsed());
+            })
+        });
+        close(&ctx, &out, usage_chunk).await;
     });
     into_sse(rx_out)
 }
@@ -210,21 +245,11 @@ pub fn completion_stream(ctx: RunCtx, all: Vec<(usize, Vec<Handle>)>, n: usize) 
         let total = flat.len();
         let (mut rx, _tasks) = spawn_choices(&ctx, flat);
         let chunk = |index: usize, text: &str, logprobs: Value, finish: Value| {
-            let mut c = json!({
-                "id": ctx.id,
-                "object": "text_completion",
-                "created": ctx.created,
-                "model": ctx.model,
-                "system_fingerprint": null,
-                "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}],
-            });
-            if ctx.include_usage {
-                c["usage"] = Value::Null;
-            }
-            data(&c)
+            let choice = json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish});
+            chunk_event(&ctx, "text_completion", choice)
         };
         let mut offsets = vec![TextOffset::default(); total];
-        let mut events = Vec::new();
+        let mut first = Vec::new();
         if let Some(echo) = &ctx.echo {
             for (index, offset) in offsets.iter_mut().enumerate() {
                 let p = index / n.max(1);
@@ -239,69 +264,42 @@ pub fn completion_stream(ctx: RunCtx, all: Vec<(usize, Vec<Handle>)>, n: usize) 
                     } else {
                         Value::Null
                     };
-                    events.push(chunk(index, text, lp, Value::Null));
+                    first.push(chunk(index, text, lp, Value::Null));
                 }
             }
         }
-        let mut results = Vec::new();
-        loop {
-            for e in events.drain(..) {
-                if out.send(e).await.is_err() {
-                    ctx.state
-                        .metrics
-                        .disconnects
-                        .fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            }
-            let Some(msg) = rx.recv().await else { break };
-            match msg {
-                ChoiceMsg::Delta {
-                    index,
-                    text,
-                    logprobs,
-                } => {
-                    let lp = if ctx.logprobs {
-                        let mut spare = TextOffset::default();
-                        let off = offsets.get_mut(index).unwrap_or(&mut spare);
-                        completion_logprobs(&ctx.state, &[], None, &logprobs, off)
-                    } else {
-                        Value::Null
-                    };
-                    events.push(chunk(index, &text, lp, Value::Null));
-                }
-                ChoiceMsg::Done(r) => {
-                    if let Finish::Error(m) = &r.finish {
-                        events.push(error_event(m));
-                    } else {
-                        events.push(chunk(
-                            r.index,
-                            "",
-                            Value::Null,
-                            json!(finish_str(&r.finish)),
-                        ));
-                    }
-                    results.push(r);
-                }
-            }
-        }
-        if ctx.include_usage {
-            events.push(data(&json!({
+        let on_delta = |index: usize, text: String, logprobs: Vec<TokenLp>| {
+            let lp = if ctx.logprobs {
+                let mut spare = TextOffset::default();
+                let off = offsets.get_mut(index).unwrap_or(&mut spare);
+                completion_logprobs(&ctx.state, &[], None, &logprobs, off)
+            } else {
+                Value::Null
+            };
+            chunk(index, &text, lp, Value::Null)
+        };
+        let on_finish = |r: &ChoiceResult, events: &mut Vec<Event>| {
+            events.push(chunk(
+                r.index,
+                "",
+                Value::Null,
+                json!(finish_str(&r.finish)),
+            ));
+        };
+        let Some(results) = relay(&ctx, &out, &mut rx, first, on_delta, on_finish).await else {
+            return;
+        };
+        let usage_chunk = ctx.include_usage.then(|| {
+            json!({
                 "id": ctx.id,
                 "object": "text_completion",
                 "created": ctx.created,
                 "model": ctx.model,
                 "choices": [],
                 "usage": usage(&ctx, &results),
-            })));
-        }
-        events.push(Event::default().data("[DONE]"));
-        for e in events {
-            if out.send(e).await.is_err() {
-                return;
-            }
-        }
-        ctx.state.metrics.latency.observe(ctx.started.elapsed());
+            })
+        });
+        close(&ctx, &out, usage_chunk).await;
     });
     into_sse(rx_out)
 }

@@ -1,11 +1,14 @@
 //! Shared test helpers: fixture paths, a .npy reader, the real model's location.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use qwen2_core::convert::{
     gguf_to_hf, hf_to_gguf, GgufOutType, HfDtype, ToGgufOptions, ToHfOptions,
 };
+use qwen2_core::gguf::GgufFile;
+use qwen2_core::quantize::FileType;
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -99,6 +102,67 @@ pub fn max_abs(a: &[f32]) -> f32 {
 
 pub fn argmax(x: &[f32]) -> u32 {
     qwen2_core::sampling::argmax(x)
+}
+
+/// The per-tensor types llama.cpp chose for `case` at `ftype`, from a fixture made by
+/// scripts/fixtures/{quant_types,moe_quant_types}.py (`rel` under fixtures/).
+pub fn llama_cpp_types(rel: &str, case: &str, ftype: FileType) -> BTreeMap<String, String> {
+    let r = read_json(&fixture(rel));
+    let m = r[case]["types"][ftype.name()]
+        .as_object()
+        .unwrap_or_else(|| panic!("{rel} has no {case}/{ftype}"));
+    m.iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// Each tensor's type name in a GGUF file.
+pub fn file_types(path: &Path) -> BTreeMap<String, String> {
+    let g = GgufFile::open(path).unwrap();
+    g.tensors
+        .values()
+        .map(|t| (t.name.clone(), t.ty.name().to_string()))
+        .collect()
+}
+
+pub fn log_softmax(x: &[f32]) -> Vec<f64> {
+    let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let lse = x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln() + m;
+    x.iter().map(|&v| v as f64 - lse).collect()
+}
+
+/// Mean over positions of KL(p_ref || p_q), and the fraction of positions with the same argmax.
+pub fn kl_and_top1(reference: &[f32], quant: &[f32], vocab: usize) -> (f64, f64) {
+    let n = reference.len() / vocab;
+    let (mut kl, mut same) = (0.0, 0usize);
+    for (r, q) in reference.chunks(vocab).zip(quant.chunks(vocab)) {
+        let (lr, lq) = (log_softmax(r), log_softmax(q));
+        kl += lr
+            .iter()
+            .zip(&lq)
+            .map(|(a, b)| a.exp() * (a - b))
+            .sum::<f64>();
+        same += (argmax(r) == argmax(q)) as usize;
+    }
+    (kl / n as f64, same as f64 / n as f64)
+}
+
+/// Layer `i`'s norms and attention tensors (GGUF names, HF-order shapes) for a Qwen2 of width
+/// `h` with `heads` query and `kv` KV heads: the part dense and MoE layers share.
+pub fn gguf_attn_tensors(i: usize, h: usize, heads: usize, kv: usize) -> Vec<(String, Vec<usize>)> {
+    let hd = h / heads;
+    let p = |n: &str| format!("blk.{i}.{n}");
+    vec![
+        (p("attn_norm.weight"), vec![h]),
+        (p("ffn_norm.weight"), vec![h]),
+        (p("attn_q.weight"), vec![heads * hd, h]),
+        (p("attn_q.bias"), vec![heads * hd]),
+        (p("attn_k.weight"), vec![kv * hd, h]),
+        (p("attn_k.bias"), vec![kv * hd]),
+        (p("attn_v.weight"), vec![kv * hd, h]),
+        (p("attn_v.bias"), vec![kv * hd]),
+        (p("attn_output.weight"), vec![h, heads * hd]),
+    ]
 }
 
 /// Greedy decoding by ids only (no tokenizer), with the KV cache.
