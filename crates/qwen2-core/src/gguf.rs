@@ -411,6 +411,28 @@ impl GgufFile {
         &self.bytes
     }
 
+    /// Drop the pages wholly inside bytes `[start, start + len)` from this process's resident
+    /// set (a tensor that was copied elsewhere at load, e.g. repacked), so the copy does not
+    /// double the model's memory. Best effort and always safe to read afterwards: the map is
+    /// a read-only view of the file, so a later read faults the same bytes back in. No-op for
+    /// an in-memory image.
+    pub fn release(&self, start: usize, len: usize) {
+        const PAGE: usize = 4096;
+        let Storage::Mapped(m) = &self.bytes else {
+            return;
+        };
+        let (lo, hi) = (start.next_multiple_of(PAGE), (start + len) / PAGE * PAGE);
+        if hi <= lo || hi > m.len() {
+            return;
+        }
+        // SAFETY: MADV_DONTNEED on a read-only, file-backed shared map only discards this
+        // process's page-table entries: nothing was written through the map, so every later
+        // access (through any outstanding slice) reads the unchanged file contents again.
+        // A failure only means the pages stay resident.
+        let _ =
+            unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo) };
+    }
+
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.metadata.get(key)
     }

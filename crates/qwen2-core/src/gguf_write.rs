@@ -85,6 +85,12 @@ impl GgufWriter {
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(invalid(format!("tensor `{name}` declared twice")));
         }
+        if ty.is_internal() {
+            return Err(invalid(format!(
+                "tensor `{name}`: {} is an in-memory format, not a GGUF type",
+                ty.name()
+            )));
+        }
         let cols = shape[shape.len() - 1];
         let rows: usize = shape[..shape.len() - 1].iter().product();
         let row_bytes = ty.row_bytes(cols).map_err(|e| {
@@ -426,6 +432,7 @@ mod tests {
         let path = dir.join("bad.gguf");
         let mut w = GgufWriter::new();
         assert!(w.add_tensor("q", &[2, 33], GgmlType::Q4K).is_err());
+        assert!(w.add_tensor("r", &[2, 32], GgmlType::Q5_0R8).is_err());
         w.add_tensor("a", &[4], GgmlType::F32).unwrap();
         w.add_tensor("b", &[4], GgmlType::F32).unwrap();
         assert!(w.add_tensor("a", &[4], GgmlType::F32).is_err());

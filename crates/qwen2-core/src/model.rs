@@ -50,7 +50,10 @@ impl Linear {
         bias: bool,
         p: Precision,
     ) -> Result<Self> {
-        let w = convert(src.get(&format!("{name}.weight"), &[out, inp])?, p)?;
+        let w = fast_layout(convert(
+            src.get(&format!("{name}.weight"), &[out, inp])?,
+            p,
+        )?)?;
         let b = if bias {
             Some(src.get(&format!("{name}.bias"), &[out])?.to_f32_vec()?)
         } else {
@@ -71,6 +74,16 @@ impl Linear {
         }
         Ok(())
     }
+}
+
+/// A matmul weight in the kernels' faster in-memory layout where its format has one
+/// (`Tensor::repacked`: Q5_0 -> Q5_0R8, bitwise the same results). `QWEN2_NO_REPACK=1` keeps
+/// the file's layout (A/B benchmarks). Only matmul weights: the embedding is read by rows.
+pub(crate) fn fast_layout(t: Tensor) -> Result<Tensor> {
+    if std::env::var_os("QWEN2_NO_REPACK").is_some_and(|v| !v.is_empty() && v != "0") {
+        return Ok(t);
+    }
+    t.repacked()
 }
 
 pub(crate) fn convert(t: Tensor, p: Precision) -> Result<Tensor> {
@@ -154,10 +167,10 @@ impl Qwen2 {
         // Tied or not is decided by what the file holds (candle's probe): HF checkpoints of
         // 0.5B/1.5B tie, while their GGUFs may carry a separate `output.weight`.
         let lm_head = if src.contains("lm_head.weight") {
-            Some(convert(
+            Some(fast_layout(convert(
                 src.get("lm_head.weight", &[cfg.vocab_size, h])?,
                 p,
-            )?)
+            )?)?)
         } else if cfg.tie_word_embeddings {
             None
         } else {
@@ -489,7 +502,15 @@ impl Qwen2 {
                 s.rope.apply(k, nkv, pos0);
                 s.cache.append(li, k, &v[r0 * kvd..(r0 + m) * kvd])?;
                 let kv = s.cache.layer(li);
-                ops::attention(q, kv, attn, m, pos0, nh, nkv, hd, layer.window)?;
+                let shape = ops::AttnShape {
+                    n_new: m,
+                    pos0,
+                    n_heads: nh,
+                    n_kv: nkv,
+                    head_dim: hd,
+                    window: layer.window,
+                };
+                ops::attention(q, kv, attn, &shape)?;
                 r0 += m;
             }
             layer.o.forward(&attn, &rows, &mut proj)?;

@@ -15,7 +15,7 @@ use qwen2_kernels::{GgmlType, QMatRef};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, TensorInfo};
 
 #[derive(Clone)]
 enum Data {
@@ -161,6 +161,34 @@ impl Tensor {
         })
     }
 
+    /// The matrix in the kernels' faster in-memory layout when its format has one (Q5_0 ->
+    /// Q5_0R8, same values and size: see `qwen2_kernels::repack_row`), else itself. Rows are
+    /// repacked in parallel into an owned buffer, and the source pages of a GGUF map are
+    /// released afterwards so resident memory does not grow by the copy.
+    pub fn repacked(self) -> Result<Tensor> {
+        let (Some(to), &[rows, cols]) = (qwen2_kernels::repacked_type(self.ty), &self.shape[..])
+        else {
+            return Ok(self);
+        };
+        let rb = self.ty.row_bytes(cols)?;
+        let src = self.bytes();
+        if rows == 0 || rb == 0 || src.len() != rows * rb {
+            return Ok(self);
+        }
+        let mut out = vec![0u8; src.len()];
+        out.par_chunks_mut(rb)
+            .zip(src.par_chunks(rb))
+            .try_for_each(|(d, s)| qwen2_kernels::repack_row(self.ty, cols, s, d).map(|_| ()))?;
+        if let Data::Gguf { file, start, len } = &self.data {
+            file.release(*start, *len);
+        }
+        Ok(Tensor {
+            ty: to,
+            data: Data::Owned(Arc::new(out)),
+            ..self
+        })
+    }
+
     /// The same tensor converted to f32 (the reference path).
     pub fn to_f32(&self) -> Result<Tensor> {
         if self.ty == GgmlType::F32 {
@@ -298,17 +326,7 @@ impl WeightSource {
                     name: gname.clone(),
                     hint: format!(" (GGUF name of {hf_name}) in {}", g.path.display()),
                 })?;
-                let (start, len) = g.tensor_range(info);
-                Tensor {
-                    name: hf_name.to_string(),
-                    ty: info.ty,
-                    shape: info.shape(),
-                    data: Data::Gguf {
-                        file: g.clone(),
-                        start,
-                        len,
-                    },
-                }
+                gguf_tensor(hf_name.to_string(), g, info)
             }
             WeightSource::Safetensors { dir, tensors } => tensors
                 .get(hf_name)
@@ -400,17 +418,7 @@ impl WeightSource {
                 g.path.display()
             ),
         })?;
-        let (start, len) = g.tensor_range(info);
-        let stacked = Tensor {
-            name: gname.clone(),
-            ty: info.ty,
-            shape: info.shape(),
-            data: Data::Gguf {
-                file: g.clone(),
-                start,
-                len,
-            },
-        };
+        let stacked = gguf_tensor(gname.clone(), g, info);
         check_shape(&gname, &stacked, &[n_experts, out, inp])?;
         Ok(stacked)
     }
@@ -485,42 +493,96 @@ fn load_safetensors_file(path: &Path, out: &mut BTreeMap<String, Tensor>) -> Res
     Ok(())
 }
 
+/// Tensor `info` of GGUF file `file` under `name`, its bytes borrowed from the file's mapping.
+fn gguf_tensor(name: String, file: &Arc<GgufFile>, info: &TensorInfo) -> Tensor {
+    let (start, len) = file.tensor_range(info);
+    Tensor {
+        name,
+        ty: info.ty,
+        shape: info.shape(),
+        data: Data::Gguf {
+            file: file.clone(),
+            start,
+            len,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn q5_0_tensor(name: &str, shape: Vec<usize>) -> Tensor {
+        let n: usize = shape.iter().product();
+        let x: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919 % 263) as f32 - 131.0) / 97.0)
+            .collect();
+        let mut q = vec![0u8; GgmlType::Q5_0.row_bytes(n).unwrap()];
+        qwen2_kernels::quantize_row(GgmlType::Q5_0, &x, &mut q).unwrap();
+        Tensor {
+            name: name.into(),
+            ty: GgmlType::Q5_0,
+            shape,
+            data: Data::Owned(Arc::new(q)),
+        }
+    }
+
+    #[test]
+    fn repacked_matrices_keep_their_values_bitwise() {
+        let t = q5_0_tensor("w", vec![5, 896]);
+        let r = t.clone().repacked().unwrap();
+        assert_eq!(r.ty, GgmlType::Q5_0R8);
+        assert_eq!(
+            (r.shape.clone(), r.bytes().len()),
+            (t.shape.clone(), t.bytes().len())
+        );
+        assert_ne!(r.bytes(), t.bytes());
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        assert_eq!(bits(r.to_f32_vec().unwrap()), bits(t.to_f32_vec().unwrap()));
+        let (mut a, mut b) = (vec![0f32; 896], vec![0f32; 896]);
+        r.row_to_f32(3, &mut a).unwrap();
+        t.row_to_f32(3, &mut b).unwrap();
+        assert_eq!(bits(a), bits(b));
+        // Vectors and formats without a repacked layout are returned as they are.
+        let v = q5_0_tensor("v", vec![896]).repacked().unwrap();
+        assert_eq!(v.ty, GgmlType::Q5_0);
+        let f = Tensor::from_f32("f", vec![2, 32], &[0.5; 64])
+            .repacked()
+            .unwrap();
+        assert_eq!(f.ty, GgmlType::F32);
+    }
+
     #[test]
     fn gguf_names() {
-        assert_eq!(
-            gguf_name("model.layers.3.self_attn.q_proj.bias").as_deref(),
-            Some("blk.3.attn_q.bias")
-        );
-        assert_eq!(
-            gguf_name("model.layers.23.mlp.down_proj.weight").as_deref(),
-            Some("blk.23.ffn_down.weight")
-        );
-        assert_eq!(
-            gguf_name("lm_head.weight").as_deref(),
-            Some("output.weight")
-        );
-        assert_eq!(
-            gguf_name("model.layers.5.mlp.gate.weight").as_deref(),
-            Some("blk.5.ffn_gate_inp.weight")
-        );
-        assert_eq!(
-            gguf_name("model.layers.5.mlp.shared_expert.down_proj.weight").as_deref(),
-            Some("blk.5.ffn_down_shexp.weight")
-        );
-        assert_eq!(
-            gguf_name("model.layers.5.mlp.shared_expert_gate.weight").as_deref(),
-            Some("blk.5.ffn_gate_inp_shexp.weight")
-        );
-        // Routed experts are stacked in GGUF: `WeightSource::expert` addresses them.
-        assert_eq!(
-            gguf_name("model.layers.5.mlp.experts.3.up_proj.weight"),
-            None
-        );
-        assert_eq!(gguf_name("model.layers.x.mlp.up_proj.weight"), None);
-        assert_eq!(gguf_name("model.layers.1.mlp.foo.weight"), None);
+        let cases = [
+            (
+                "model.layers.3.self_attn.q_proj.bias",
+                Some("blk.3.attn_q.bias"),
+            ),
+            (
+                "model.layers.23.mlp.down_proj.weight",
+                Some("blk.23.ffn_down.weight"),
+            ),
+            ("lm_head.weight", Some("output.weight")),
+            (
+                "model.layers.5.mlp.gate.weight",
+                Some("blk.5.ffn_gate_inp.weight"),
+            ),
+            (
+                "model.layers.5.mlp.shared_expert.down_proj.weight",
+                Some("blk.5.ffn_down_shexp.weight"),
+            ),
+            (
+                "model.layers.5.mlp.shared_expert_gate.weight",
+                Some("blk.5.ffn_gate_inp_shexp.weight"),
+            ),
+            // Routed experts are stacked in GGUF: `WeightSource::expert` addresses them.
+            ("model.layers.5.mlp.experts.3.up_proj.weight", None),
+            ("model.layers.x.mlp.up_proj.weight", None),
+            ("model.layers.1.mlp.foo.weight", None),
+        ];
+        for (hf, want) in cases {
+            assert_eq!(gguf_name(hf).as_deref(), want, "{hf}");
+        }
     }
 }

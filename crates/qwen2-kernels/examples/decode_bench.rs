@@ -6,8 +6,14 @@
 //! Both paths run interleaved in one process, several rounds, best time each, on a 1-thread
 //! pool (kernel cost, least sensitive to other load) and on the global pool (wall clock).
 //! Prints `old/new` ratios: > 1 means the decode path is faster.
+//!
+//! `-- repack`: the Q5_0 decode tiles on ggml's layout (old) vs the same rows repacked to
+//! Q5_0R8 at load (new), same shapes and batches.
 
-use qwen2_kernels::{matmul_decode, matmul_vec_dot_with_isa, quantize_row, GgmlType, QMatRef};
+use qwen2_kernels::{
+    matmul_decode, matmul_prompt, matmul_vec_dot_with_isa, quantize_row, repack_row, GgmlType,
+    QMatRef,
+};
 use std::time::Instant;
 
 fn matrix(ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
@@ -68,6 +74,9 @@ fn main() {
             println!("quantize {ty} x{n}: {:.2} us", t * 1e6);
         }
     }
+    if filter == "repack" {
+        return repack_ab(&one);
+    }
     for (name, ty, rows, cols) in shapes {
         if !filter.is_empty() && !name.contains(&filter) {
             continue;
@@ -99,6 +108,88 @@ fn main() {
             }
             println!(
                 "{name:26} b{batch}: 1 thread {:8.1} -> {:8.1} us (x{:.2}) | pool {:8.1} -> {:8.1} us (x{:.2})",
+                old1 * 1e6,
+                new1 * 1e6,
+                old1 / new1,
+                old2 * 1e6,
+                new2 * 1e6,
+                old2 / new2
+            );
+        }
+    }
+}
+
+/// Q5_0 decode tiles, ggml layout vs repacked (`repack_row`), on the model's Q5_0 shapes:
+/// `hot` reuses one matrix (cache-resident: kernel cost), `stream` cycles through 24 copies
+/// (~70 MB for gate/up, as a decode step streams 24 layers from DRAM). `prompt` is the GEMM
+/// (`matmul_prompt`, 64 rows) on dequantized panels of either layout.
+fn repack_ab(one: &rayon::ThreadPool) {
+    for (name, rows, cols) in [
+        ("q5_0 gate/up 4864x896", 4864, 896),
+        ("q5_0 q/o 896x896", 896, 896),
+    ] {
+        let ty = GgmlType::Q5_0;
+        let rb = ty.row_bytes(cols).expect("row bytes");
+        let copies = 24;
+        let data: Vec<Vec<u8>> = (0..copies).map(|_| matrix(ty, rows, cols)).collect();
+        let packed: Vec<Vec<u8>> = data
+            .iter()
+            .map(|m| {
+                let mut p = vec![0u8; m.len()];
+                for (s, d) in m.chunks(rb).zip(p.chunks_mut(rb)) {
+                    repack_row(ty, cols, s, d).expect("repack");
+                }
+                p
+            })
+            .collect();
+        let (w, wr): (Vec<QMatRef>, Vec<QMatRef>) = data
+            .iter()
+            .zip(&packed)
+            .map(|(a, b)| {
+                (
+                    QMatRef::new(ty, rows, cols, a).expect("shape"),
+                    QMatRef::new(GgmlType::Q5_0R8, rows, cols, b).expect("shape"),
+                )
+            })
+            .unzip();
+        let reps = (40_000_000 / data[0].len()).clamp(3, 200);
+        for (mode, batch) in [
+            ("hot", 1),
+            ("hot", 4),
+            ("hot", 8),
+            ("stream", 1),
+            ("stream", 4),
+            ("prompt", 64),
+        ] {
+            let x: Vec<f32> = (0..batch * cols)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            let mut out = vec![0f32; batch * rows];
+            let (mut old1, mut new1, mut old2, mut new2) = (f64::MAX, f64::MAX, f64::MAX, f64::MAX);
+            let mut i = 0;
+            let mut run = |m: &[QMatRef]| {
+                if mode == "prompt" {
+                    matmul_prompt(&m[0], &x, batch, &mut out).expect("prompt");
+                    return;
+                }
+                // `stream`: one pass over all copies per timed call, like 24 layers.
+                let n = if mode == "stream" { m.len() } else { 1 };
+                for _ in 0..n {
+                    i = (i + 1) % n;
+                    matmul_decode(&m[i], &x, batch, &mut out).expect("decode");
+                }
+            };
+            let reps = if mode == "hot" { reps } else { 5 };
+            for _round in 0..7 {
+                one.install(|| {
+                    old1 = old1.min(best_of(reps, || run(&w)));
+                    new1 = new1.min(best_of(reps, || run(&wr)));
+                });
+                old2 = old2.min(best_of(reps, || run(&w)));
+                new2 = new2.min(best_of(reps, || run(&wr)));
+            }
+            println!(
+                "repack {name:22} {mode:6} b{batch:<2}: 1 thread {:8.1} -> {:8.1} us (x{:.2}) | pool {:8.1} -> {:8.1} us (x{:.2})",
                 old1 * 1e6,
                 new1 * 1e6,
                 old1 / new1,

@@ -49,6 +49,9 @@ pub enum KernelError {
     #[error("quantization to {ty:?} is not implemented (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q8_K)")]
     QuantizeUnsupported { ty: GgmlType },
 
+    #[error("{ty:?} has no repacked in-memory layout (only Q5_0 has one)")]
+    RepackUnsupported { ty: GgmlType },
+
     #[error("ISA {isa} is not available on this CPU (detected: {detected})")]
     IsaUnavailable {
         isa: &'static str,

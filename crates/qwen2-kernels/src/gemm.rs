@@ -72,7 +72,7 @@ fn scalar_dequant(ty: GgmlType) -> DequantFn {
             }
         };
     }
-    table!(F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2K, Q3K, Q4K, Q5K, Q6K, Q8K)
+    table!(F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2K, Q3K, Q4K, Q5K, Q6K, Q8K, Q5_0R8)
 }
 
 /// `out[b * rows + r] = W[r] . x[b]` via dequantized panels. Shapes were validated by the
@@ -89,6 +89,8 @@ pub(crate) fn panel_matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: 
     } else {
         (1024 / bs).max(1) * bs
     };
+    // Q5_0R8 rows may only be cut at multiples of 8 blocks (`crate::repack`): 1024 values are.
+    debug_assert!(kc == cols || kc % 256 == 0);
     // ~64 KiB of panel per chunk (L2), a multiple of TILE_R rows, and enough chunks to balance.
     let threads = rayon::current_num_threads().max(1);
     let by_cache = ((64 << 10) / (kc * 4)).max(TILE_R);

@@ -12,6 +12,7 @@
 //! - `x86::avx2` / `x86::avx512`: SIMD `vec_dot`s (see [`Isa`]).
 //! - `matmul`: quantize activations once, split rows over rayon (decode, small batches).
 //! - `gemm`: prefill GEMM over dequantized f32 panels with a register-tile microkernel.
+//! - `repack`: load-time repacking of Q5_0 rows into the decode-friendly `Q5_0R8` layout.
 
 mod attention;
 mod decode;
@@ -20,6 +21,7 @@ mod gemm;
 mod isa;
 mod kquant;
 mod matmul;
+mod repack;
 mod scalar;
 mod types;
 #[cfg(target_arch = "x86_64")]
@@ -34,6 +36,7 @@ pub use matmul::{
     matmul, matmul_decode, matmul_decode_with_isa, matmul_prompt, matmul_prompt_with_isa,
     matmul_reference, matmul_vec_dot_with_isa, matmul_with_isa, QMatRef,
 };
+pub use repack::{repack_row, repacked_type};
 pub use types::GgmlType;
 
 /// Dequantize one row of `dst.len()` values stored as `ty` blocks in `src`.

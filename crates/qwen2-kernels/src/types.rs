@@ -19,6 +19,11 @@ pub enum GgmlType {
     Q6K,
     Q8K,
     BF16,
+    /// Q5_0 rows repacked at load for faster decode kernels (`crate::repack`): the same
+    /// values and the same bytes per row as Q5_0, in another order. Internal to this process:
+    /// not a ggml type, never read from nor written to a file (not in [`GgmlType::ALL`], so
+    /// [`GgmlType::from_u32`] never returns it).
+    Q5_0R8,
 }
 
 /// Values per k-quant super-block (`QK_K`).
@@ -55,7 +60,13 @@ impl GgmlType {
             .ok_or(KernelError::UnknownType { id: v })
     }
 
-    /// The ggml type id.
+    /// Whether the type exists only in memory (a load-time repack), never in a GGUF file.
+    pub fn is_internal(self) -> bool {
+        matches!(self, GgmlType::Q5_0R8)
+    }
+
+    /// The ggml type id (for an internal type, an id no ggml type uses: writers must check
+    /// [`GgmlType::is_internal`] first).
     pub fn id(self) -> u32 {
         match self {
             GgmlType::F32 => 0,
@@ -73,6 +84,7 @@ impl GgmlType {
             GgmlType::Q6K => 14,
             GgmlType::Q8K => 15,
             GgmlType::BF16 => 30,
+            GgmlType::Q5_0R8 => u32::MAX,
         }
     }
 
@@ -94,6 +106,7 @@ impl GgmlType {
             GgmlType::Q6K => "Q6_K",
             GgmlType::Q8K => "Q8_K",
             GgmlType::BF16 => "BF16",
+            GgmlType::Q5_0R8 => "Q5_0_R8 (in-memory repack of Q5_0)",
         }
     }
 
@@ -106,7 +119,8 @@ impl GgmlType {
             | GgmlType::Q5_0
             | GgmlType::Q5_1
             | GgmlType::Q8_0
-            | GgmlType::Q8_1 => QK,
+            | GgmlType::Q8_1
+            | GgmlType::Q5_0R8 => QK,
             GgmlType::Q2K
             | GgmlType::Q3K
             | GgmlType::Q4K
@@ -123,7 +137,7 @@ impl GgmlType {
             GgmlType::F16 | GgmlType::BF16 => 2,
             GgmlType::Q4_0 => 18,
             GgmlType::Q4_1 => 20,
-            GgmlType::Q5_0 => 22,
+            GgmlType::Q5_0 | GgmlType::Q5_0R8 => 22,
             GgmlType::Q5_1 => 24,
             GgmlType::Q8_0 => 34,
             GgmlType::Q8_1 => 36,
@@ -155,7 +169,11 @@ impl GgmlType {
     pub fn vec_dot_type(self) -> GgmlType {
         match self {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => GgmlType::F32,
-            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q8_1 => GgmlType::Q8_0,
+            GgmlType::Q4_0
+            | GgmlType::Q5_0
+            | GgmlType::Q5_0R8
+            | GgmlType::Q8_0
+            | GgmlType::Q8_1 => GgmlType::Q8_0,
             GgmlType::Q4_1 | GgmlType::Q5_1 => GgmlType::Q8_1,
             GgmlType::Q2K
             | GgmlType::Q3K

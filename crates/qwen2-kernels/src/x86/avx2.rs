@@ -19,6 +19,7 @@ pub(crate) fn vec_dot_fn(ty: GgmlType) -> Option<VecDotFn> {
         GgmlType::BF16 => dot_bf16,
         GgmlType::Q4_0 => dot_q4_0,
         GgmlType::Q5_0 => dot_q5_0,
+        GgmlType::Q5_0R8 => dot_q5_0_r8,
         GgmlType::Q8_0 => dot_q8_0,
         GgmlType::Q4K => dot_q4_k,
         GgmlType::Q6K => dot_q6_k,
@@ -40,6 +41,7 @@ entry!(dot_f16, f16_kernel);
 entry!(dot_bf16, bf16_kernel);
 entry!(dot_q4_0, q4_0_kernel);
 entry!(dot_q5_0, q5_0_kernel);
+entry!(dot_q5_0_r8, q5_0_r8_kernel);
 entry!(dot_q8_0, q8_0_kernel);
 entry!(dot_q4_k, q4_k_kernel);
 entry!(dot_q6_k, q6_k_kernel);
@@ -277,6 +279,41 @@ q32_kernel!(q5_0_kernel, 22, |xp| {
     let hi = _mm256_andnot_si256(bytes_from_bits_32(qh), _mm256_set1_epi8(0xF0u8 as i8));
     _mm256_or_si256(nibbles_32(xp.add(6)), hi)
 });
+
+/// Q5_0R8 (repacked Q5_0): the decode tile kernel's block loop on one activation row, whose
+/// f32 block scales are widened here 64 blocks at a time; bitwise equal to `q5_0_kernel` on
+/// the source Q5_0 row.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_0_r8_kernel(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    const CHUNK: usize = 64;
+    let nb = n / 32;
+    let w = &w[..nb * 22];
+    let a = &a[..nb * 34];
+    let mut acc = [[_mm256_setzero_ps(); 1]; 2];
+    let mut ds = [0.0f32; CHUNK];
+    let mut b0 = 0;
+    while b0 < nb {
+        let b1 = (b0 + CHUNK).min(nb);
+        for (b, d) in (b0..b1).zip(ds.iter_mut()) {
+            *d = crate::scalar::f16_at(a, b * 34);
+        }
+        // SAFETY: b0 is a multiple of 8 (CHUNK is), b1 one too or nb; `w`/`a` hold nb blocks
+        // (re-sliced above) and `ds` the scales of blocks b0..b1.
+        unsafe {
+            super::avx2_decode::q5_0_r8_blocks::<1>(
+                nb,
+                b0,
+                b1,
+                w.as_ptr(),
+                [a.as_ptr()],
+                [ds.as_ptr()],
+                &mut acc,
+            )
+        };
+        b0 = b1;
+    }
+    hsum_ps(_mm256_add_ps(acc[0][0], acc[1][0]))
+}
 
 // ------------------------------------------------------------------------------------------
 // k-quants vs Q8_K

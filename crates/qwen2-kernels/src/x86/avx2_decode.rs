@@ -17,6 +17,7 @@ pub(crate) fn dot_tile_fn(ty: GgmlType) -> Option<DotTileFn> {
     Some(match ty {
         GgmlType::Q8_0 => tile_q8_0,
         GgmlType::Q5_0 => tile_q5_0,
+        GgmlType::Q5_0R8 => tile_q5_0_r8,
         GgmlType::Q4_0 => tile_q4_0,
         GgmlType::Q4K => tile_q4_k,
         GgmlType::Q6K => tile_q6_k,
@@ -365,3 +366,161 @@ unsafe fn q6_k_k<const R: usize, const C: usize>(
 
 tile_entry!(tile_q4_k, q4_k_k, 256, 144, 292, false);
 tile_entry!(tile_q6_k, q6_k_k, 256, 210, 292, false);
+
+// ------------------------------------------------------------------------------------------
+// Q5_0R8 (repacked Q5_0, see `crate::repack`) vs Q8_0: bitwise twins of the Q5_0 kernels
+// ------------------------------------------------------------------------------------------
+
+/// Block `k`'s inverted 5th bits moved to bit 4 of each byte (`0x10` where the bit is 0).
+/// The 16-bit shifts never carry a byte's neighbour into its bit 4 (|shift| <= 4 left, <= 3
+/// right), and the mask drops everything else.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn r8_t(plane: __m256i, k: usize) -> __m256i {
+    let v = match k {
+        0 => _mm256_slli_epi16::<4>(plane),
+        1 => _mm256_slli_epi16::<3>(plane),
+        2 => _mm256_slli_epi16::<2>(plane),
+        3 => _mm256_slli_epi16::<1>(plane),
+        4 => plane,
+        5 => _mm256_srli_epi16::<1>(plane),
+        6 => _mm256_srli_epi16::<2>(plane),
+        _ => _mm256_srli_epi16::<3>(plane),
+    };
+    _mm256_and_si256(v, _mm256_set1_epi8(0x10))
+}
+
+/// The 32 signed values `q - 16` of every block of the Q5_0R8 group of `S` (8 or 4) blocks
+/// at `p`, handed to `f(k, values)` in block order.
+///
+/// SAFETY (caller): avx2 available; `p` points at a whole group (`22 * S` bytes).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn r8_group<const S: usize>(p: *const u8, mut f: impl FnMut(usize, __m256i)) {
+    let m4 = _mm256_set1_epi8(0x0F);
+    // SAFETY: the scale, nibble and plane fields lie inside the group (see `crate::repack`).
+    unsafe {
+        let nib = p.add(2 * S);
+        let plane = if S == 8 {
+            loadu(p.add(144))
+        } else {
+            let q = _mm_loadu_si128(p.add(72) as *const __m128i);
+            let m = _mm_set1_epi8(0x0F);
+            _mm256_set_m128i(
+                _mm_and_si128(_mm_srli_epi16::<4>(q), m),
+                _mm_and_si128(q, m),
+            )
+        };
+        for pair in 0..S / 2 {
+            let v = loadu(nib.add(32 * pair));
+            let lo = _mm256_and_si256(v, m4);
+            f(2 * pair, _mm256_sub_epi8(lo, r8_t(plane, 2 * pair)));
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+            f(2 * pair + 1, _mm256_sub_epi8(hi, r8_t(plane, 2 * pair + 1)));
+        }
+    }
+}
+
+/// Accumulates blocks `b0..b1` of a Q5_0R8 row of `nb` blocks at `w` against `C` Q8_0
+/// activation rows into `acc[block parity][c]`, exactly as `q5_0_k` does for the same Q5_0
+/// blocks: same integer lane sums, same `d = d_w * d_a` products, same FMA order.
+///
+/// SAFETY (caller): avx2+fma+f16c available; `b0` is a multiple of 8 and `b1` one too or
+/// `nb`; `w` has `nb` blocks of 22 bytes, each `a[c]` `nb` Q8_0 blocks and each `ad[c]` the
+/// f32 scales of activation blocks `b0..b1` (`ad[c]` is block `b0`'s).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q5_0_r8_blocks<const C: usize>(
+    nb: usize,
+    b0: usize,
+    b1: usize,
+    w: *const u8,
+    a: [*const u8; C],
+    ad: [*const f32; C],
+    acc: &mut [[__m256; C]; 2],
+) {
+    let ones = _mm256_set1_epi16(1);
+    let full = nb / 8 * 8;
+    // SAFETY: blocks b0..b1 only, inside every row per the caller's contract; the group
+    // fields per `crate::repack`.
+    unsafe {
+        // One weight block (32 signed values `x`, scale products `d[c]`) against every row.
+        let dot = |b: usize, x: __m256i, d: &[f32; C], acc: &mut [__m256; C]| {
+            let ax = _mm256_sign_epi8(x, x);
+            for c in 0..C {
+                let y = loadu(a[c].add(b * 34 + 2));
+                let dot = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(y, x));
+                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(dot, ones));
+                acc[c] = _mm256_fmadd_ps(_mm256_broadcast_ss(&d[c]), p, acc[c]);
+            }
+        };
+        let mut b = b0;
+        while b + 8 <= b1.min(full) {
+            let p = w.add(b * 22);
+            let s = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+            let mut d = [[0.0f32; 8]; C];
+            for c in 0..C {
+                let da = _mm256_loadu_ps(ad[c].add(b - b0));
+                _mm256_storeu_ps(d[c].as_mut_ptr(), _mm256_mul_ps(s, da));
+            }
+            r8_group::<8>(p, |k, x| {
+                let dk: [f32; C] = std::array::from_fn(|c| d[c][k]);
+                dot(b + k, x, &dk, &mut acc[k & 1]);
+            });
+            b += 8;
+        }
+        if b < b1 && b == full && nb - full >= 4 {
+            let p = w.add(b * 22);
+            let s = _mm_cvtph_ps(_mm_loadl_epi64(p as *const __m128i));
+            let mut d = [[0.0f32; 4]; C];
+            for c in 0..C {
+                let da = _mm_loadu_ps(ad[c].add(b - b0));
+                _mm_storeu_ps(d[c].as_mut_ptr(), _mm_mul_ps(s, da));
+            }
+            r8_group::<4>(p, |k, x| {
+                let dk: [f32; C] = std::array::from_fn(|c| d[c][k]);
+                dot(b + k, x, &dk, &mut acc[k & 1]);
+            });
+            b += 4;
+        }
+        while b < b1 {
+            // The last 0..=3 blocks are plain Q5_0 (decoded as in `q5_0_k`).
+            let xp = w.add(b * 22);
+            let qh = std::ptr::read_unaligned(xp.add(2) as *const u32);
+            let hi = _mm256_andnot_si256(bytes_from_bits_32(qh), _mm256_set1_epi8(0xF0u8 as i8));
+            let x = _mm256_or_si256(nibbles_32(xp.add(6)), hi);
+            let fx = f16_bcast(xp);
+            let dk: [f32; C] = std::array::from_fn(|c| {
+                _mm_cvtss_f32(_mm256_castps256_ps128(_mm256_mul_ps(
+                    fx,
+                    _mm256_broadcast_ss(&*ad[c].add(b - b0)),
+                )))
+            });
+            dot(b, x, &dk, &mut acc[b & 1]);
+            b += 1;
+        }
+    }
+}
+
+/// SAFETY (caller): as `q5_0_r8_blocks` over whole rows (`nb` scales at each `ad[c]`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_0_r8_k<const R: usize, const C: usize>(
+    nb: usize,
+    w: [*const u8; R],
+    a: [*const u8; C],
+    ad: [*const f32; C],
+) -> [[f32; C]; R] {
+    let mut out = [[0.0f32; C]; R];
+    for r in 0..R {
+        let mut acc = [[_mm256_setzero_ps(); C]; 2];
+        // SAFETY: forwarded caller contract, blocks 0..nb.
+        unsafe { q5_0_r8_blocks::<C>(nb, 0, nb, w[r], a, ad, &mut acc) };
+        for c in 0..C {
+            out[r][c] = hsum_ps(_mm256_add_ps(acc[0][c], acc[1][c]));
+        }
+    }
+    out
+}
+
+tile_entry!(tile_q5_0_r8, q5_0_r8_k, 32, 22, 34, true);

@@ -89,6 +89,7 @@ pub(crate) fn f32_tile(k: usize, w: [&[f32]; TILE_R], x: &[&[f32]]) -> Tile {
 pub(crate) fn dequantize_fn(ty: GgmlType) -> Option<DequantFn> {
     Some(match ty {
         GgmlType::Q5_0 => deq_q5_0,
+        GgmlType::Q5_0R8 => deq_q5_0_r8,
         GgmlType::Q8_0 => deq_q8_0,
         GgmlType::Q4K => deq_q4_k,
         GgmlType::Q6K => deq_q6_k,
@@ -105,6 +106,7 @@ macro_rules! deq_entry {
     };
 }
 deq_entry!(deq_q5_0, deq_q5_0_kernel);
+deq_entry!(deq_q5_0_r8, deq_q5_0_r8_kernel);
 deq_entry!(deq_q8_0, deq_q8_0_kernel);
 deq_entry!(deq_q4_k, deq_q4_k_kernel);
 deq_entry!(deq_q6_k, deq_q6_k_kernel);
@@ -169,6 +171,43 @@ unsafe fn deq_q5_0_kernel(src: &[u8], dst: &mut [f32]) {
             store_i8x32(_mm256_or_si256(nib, hi), d, y.as_mut_ptr());
         }
     }
+}
+
+/// Q5_0R8 row (or a row piece starting at a multiple of 8 blocks, see `crate::repack`):
+/// whole groups of 8 and 4 blocks, then the plain Q5_0 tail blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn deq_q5_0_r8_kernel(src: &[u8], dst: &mut [f32]) {
+    let nb = dst.len() / 32;
+    let src = &src[..nb * 22];
+    let full = nb / 8 * 8;
+    let quad = if nb - full >= 4 { 4 } else { 0 };
+    let mut b = 0;
+    while b < full + quad {
+        let size = if b < full { 8 } else { 4 };
+        let g = &src[b * 22..(b + size) * 22];
+        let y = &mut dst[b * 32..(b + size) * 32];
+        let mut sc = [0.0f32; 8];
+        let yp = y.as_mut_ptr();
+        // SAFETY: `g` is a whole group of `size` blocks (its `2 * size` scale bytes first);
+        // block k's 32 values go to y[32k..32k + 32], inside `y` (size * 32 values).
+        unsafe {
+            let gp = g.as_ptr() as *const __m128i;
+            if size == 8 {
+                _mm256_storeu_ps(sc.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(gp)));
+            } else {
+                _mm_storeu_ps(sc.as_mut_ptr(), _mm_cvtph_ps(_mm_loadl_epi64(gp)));
+            }
+            let put = |k: usize, x: __m256i| store_i8x32(x, _mm256_set1_ps(sc[k]), yp.add(32 * k));
+            if size == 8 {
+                super::avx2_decode::r8_group::<8>(g.as_ptr(), put);
+            } else {
+                super::avx2_decode::r8_group::<4>(g.as_ptr(), put);
+            }
+        }
+        b += size;
+    }
+    // SAFETY: only reached through `Isa::Avx2` (see `deq_entry!`).
+    unsafe { deq_q5_0_kernel(&src[b * 22..], &mut dst[b * 32..]) };
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
