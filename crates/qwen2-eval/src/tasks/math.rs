@@ -2,20 +2,21 @@
 //! (`tasks/minerva_math/utils.py` and `minerva_math_algebra.yaml`): the four fixed Minerva
 //! exemplars as "Problem:\n…\n\nSolution: …", generation until "Problem:", the answer taken
 //! from "Final Answer: The final answer is X. I hope it is correct." and normalized with
-//! `normalize_final_answer` (Lewkowycz et al. 2022, appendix D), ported character for
-//! character below.
+//! `normalize_final_answer` as lm-eval 0.4.13 has it (the Minerva normalizer of Lewkowycz et al.
+//! 2022, appendix D, with 0.4.13's fixes: whole-word unit removal, `\sqrt[3]`, thousands-only
+//! commas), ported step for step below and checked against lm-eval's own output in
+//! `tests/math_normalize.rs` (fixture from `scripts/fixtures/math_normalize.py`).
 //!
-//! Equivalence: lm-eval's `is_equiv` parses both normalized answers with sympy's
-//! `parse_latex` and checks that their difference simplifies to 0. We compare the normalized
-//! strings instead (no LaTeX algebra engine at run time), as Minerva's own normalized match
-//! does. The two differ both ways: sympy accepts `0.5` for `\frac{1}{2}`, while answers it
-//! cannot parse (intervals, tuples, text) count as wrong there and as right here when the
-//! strings agree. `exact_match` is lm-eval's extraction; `exact_match_boxed` falls back to the
-//! last `\boxed{…}` of the generation when there is no "Final Answer" line.
+//! Equivalence is lm-eval's `is_equiv`: equal non-empty normalized strings, or both parse as
+//! LaTeX (sympy's `parse_latex` grammar) with a zero difference; see [`super::math_equiv`].
+//! `exact_match` is lm-eval's extraction; `exact_match_boxed` falls back to the last
+//! `\boxed{…}` of the generation when there is no "Final Answer" line. (0.4.13 also reports a
+//! `math_verify` metric from the `math-verify` package; we do not.)
 //!
-//! The reference answer is lm-eval's `process_docs` target,
-//! `normalize_final_answer(remove_boxed(last_boxed_only_string(solution)))`, which the OLMES
-//! dumps store as `answer` (checked on all 5500 problems in `tests/math_mbpp.rs`).
+//! The reference answer is lm-eval's `process_docs` target, [`reference_answer`]:
+//! `normalize_final_answer(remove_boxed(last_boxed_only_string(solution)))`, recomputed from
+//! the solution when the data is loaded. The OLMES dumps' stored `answer` was made by the older
+//! normalizer and differs on 87 of the 5000 MATH test problems (e.g. `\le(3,…` for `\left(3,…`).
 
 use std::sync::OnceLock;
 
@@ -28,7 +29,7 @@ use crate::tasks::{FEWSHOT_DELIMITER, TARGET_DELIMITER};
 /// The literals are lm-eval's Python ones: `\\` is one backslash, `\n` a newline.
 pub const EXEMPLARS: [(&str, &str); 4] = [
     (
-        "Find the domain of the expression  $\\frac{\\sqrt{x-2}}{\\sqrt{5-x}}$.}",
+        "Find the domain of the expression  $\\frac{\\sqrt{x-2}}{\\sqrt{5-x}}$.",
         "The expressions inside each square root must be non-negative. Therefore, $x-2 \\ge 0$, so $x\\ge2$, and $5 - x \\ge 0$, so $x \\le 5$. Also, the denominator cannot be equal to zero, so $5-x>0$, which gives $x<5$. Therefore, the domain of the expression is $\\boxed{[2,5)}$.\nFinal Answer: The final answer is $[2,5)$. I hope it is correct.",
     ),
     (
@@ -37,10 +38,10 @@ pub const EXEMPLARS: [(&str, &str); 4] = [
     ),
     (
         "Terrell usually lifts two 20-pound weights 12 times. If he uses two 15-pound weights instead, how many times must Terrell lift them in order to lift the same total weight?",
-        "If Terrell lifts two 20-pound weights 12 times, he lifts a total of $2\\cdot 12\\cdot20=480$ pounds of weight.  If he lifts two 15-pound weights instead for $n$ times, he will lift a total of $2\\cdot15\\cdot n=30n$ pounds of weight.  Equating this to 480 pounds, we can solve for $n$:\n\\begin{align*}\n30n&=480\\\n\\Rightarrow\\qquad n&=480/30=\\boxed{16}\n\\end{align*}\nFinal Answer: The final answer is $16$. I hope it is correct.",
+        "If Terrell lifts two 20-pound weights 12 times, he lifts a total of $2\\cdot 12\\cdot20=480$ pounds of weight.  If he lifts two 15-pound weights instead for $n$ times, he will lift a total of $2\\cdot15\\cdot n=30n$ pounds of weight.  Equating this to 480 pounds, we can solve for $n$:\n\\begin{align*}\n30n&=480\\\\\n\\Rightarrow\\qquad n&=480/30=\\boxed{16}\n\\end{align*}\nFinal Answer: The final answer is $16$. I hope it is correct.",
     ),
     (
-        "If the system of equations\n\n\\begin{align*}\n6x-4y&=a,\\\n6y-9x &=b.\n\\end{align*}has a solution $(x, y)$ where $x$ and $y$ are both nonzero,\nfind $\\frac{a}{b},$ assuming $b$ is nonzero.",
+        "If the system of equations\n\n\\begin{align*}\n6x-4y&=a,\\\\\n6y-9x &=b.\n\\end{align*}has a solution $(x, y)$ where $x$ and $y$ are both nonzero,\nfind $\\frac{a}{b},$ assuming $b$ is nonzero.",
         "If we multiply the first equation by $-\\frac{3}{2}$, we obtain\n\n$$6y-9x=-\\frac{3}{2}a.$$Since we also know that $6y-9x=b$, we have\n\n$$-\\frac{3}{2}a=b\\Rightarrow\\frac{a}{b}=\\boxed{-\\frac{2}{3}}.$$\nFinal Answer: The final answer is $-\\frac{2}{3}$. I hope it is correct.",
     ),
 ];
@@ -183,58 +184,146 @@ pub const REMOVED_EXPRESSIONS: [&str; 42] = [
 ];
 
 /// The regex steps of `normalize_final_answer`, as (pattern, replacement) with Python's
-/// `\\N` group references written as `${N}` and a literal `$` as `$$`.
-const REGEX_STEPS: [(&str, &str); 7] = [
-    // The content of the first $…$ on each line.
+/// `\\N` group references written as `${N}` and a literal `$` as `$$`. Python's lookarounds
+/// are rewritten without them, matching the same strings.
+const REGEX_STEPS: [(&str, &str); 8] = [
+    // "Extract answer that is in LaTeX math, is bold, is surrounded by a box": the content of
+    // the first $…$ on each line.
     (r"(.*?)(\$)(.*?)(\$)(.*)", "$$${3}$$"),
     (r"(\\text\{)(.*?)(\})", "${2}"),
     (r"(\\textbf\{)(.*?)(\})", "${2}"),
     (r"(\\overline\{)(.*?)(\})", "${2}"),
     (r"(\\boxed\{)(.*)(\})", "${2}"),
-    // Shorthand TeX: \fracab -> \frac{a}{b}, \sqrta -> \sqrt{a}.
+    // Shorthand TeX: \fracab -> \frac{a}{b}.
     (r"(frac)([^{])(.)", "frac{${2}}{${3}}"),
-    (r"(sqrt)([^{])", "sqrt{${2}}"),
+    // \sqrt[3]a -> \sqrt[3]{a} (Python's `\w`, Unicode letters, numbers and `_`).
+    (r"(sqrt)(\[[^\]]*\])([\p{L}\p{N}_])", "${1}${2}{${3}}"),
+    // \sqrta -> \sqrt{a}, never an indexed root: Python's `(sqrt)(?!\[)([^{])`.
+    (r"(sqrt)([^{\[])", "sqrt{${2}}"),
 ];
 
-/// lm-eval's `normalize_final_answer`, step for step.
+/// lm-eval 0.4.13's `normalize_final_answer`, step for step. This is the newer version (unit
+/// words removed only as whole words or outside LaTeX command names, so `\left` and `\infty`
+/// survive; `\sqrt[3]` kept; commas dropped only as thousands separators); the OLMES dumps'
+/// stored `answer` follows the older one.
 pub fn normalize_final_answer(answer: &str) -> String {
-    static RES: OnceLock<Vec<(Regex, &'static str)>> = OnceLock::new();
-    let res = RES.get_or_init(|| {
-        REGEX_STEPS
+    static RES: OnceLock<(Vec<(Regex, &'static str)>, Regex)> = OnceLock::new();
+    let (steps, thousands) = RES.get_or_init(|| {
+        let steps = REGEX_STEPS
             .iter()
             .map(|(p, r)| (Regex::new(p).expect("constant regex"), *r))
-            .collect()
+            .collect();
+        // `re.fullmatch(r"-?\d{1,3}(,\d{3})+", …)`; `\d` is Unicode Nd in both engines.
+        let thousands = Regex::new(r"\A-?\d{1,3}(?:,\d{3})+\z").expect("constant regex");
+        (steps, thousands)
     });
     // `split("=")[-1]`.
     let mut a = answer.rsplit('=').next().unwrap_or("").to_string();
+    // Unit words while whitespace still delimits them: `re.sub(rf"(?<!\\)\b{expr}\b", "", …)`.
+    for expr in REMOVED_EXPRESSIONS {
+        if py_isalpha(expr) {
+            a = remove_whole_word(&a, expr);
+        }
+    }
     for (before, after) in SUBSTITUTIONS {
         a = a.replace(before, after);
     }
+    // Units glued to their neighbours once the spaces are gone, outside `\command` names
+    // (`re.split(r"(\\[a-zA-Z]+)", …)`, replacing in the even segments); the rest verbatim.
     for expr in REMOVED_EXPRESSIONS {
-        a = a.replace(expr, "");
+        a = if py_isalpha(expr) {
+            remove_outside_commands(&a, expr)
+        } else {
+            a.replace(expr, "")
+        };
     }
-    for (re, rep) in res {
+    for (re, rep) in steps {
         a = re.replace_all(&a, *rep).into_owned();
     }
     a = a.replace('$', "");
-    // 100,000 -> 100000
-    let no_commas = a.replace(',', "");
-    if py_isdigit(&no_commas) {
-        a = no_commas;
+    // 100,000 -> 100000, but a tuple like 0,1 stays.
+    if thousands.is_match(&a) {
+        a = a.replace(',', "");
     }
     a
 }
 
-/// Python's `str.isdigit()`: non-empty, every character a digit. `char::is_numeric` is a
-/// little wider (it also takes e.g. `½`); that only matters for such a character next to
-/// a comma.
-fn py_isdigit(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(char::is_numeric)
+/// Python's `str.isalpha()` for the (ASCII) removed expressions.
+fn py_isalpha(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(char::is_alphabetic)
 }
 
-/// lm-eval's `is_equiv`, as a normalized-string match (see the module notes).
+/// A character of Python's Unicode `\w`: letters, numbers, `_` (str.isalnum() or "_").
+fn py_word_char(c: char) -> bool {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    let re = RE.get_or_init(|| Regex::new(r"\A[\p{L}\p{N}_]\z").expect("constant regex"));
+    let mut buf = [0u8; 4];
+    re.is_match(c.encode_utf8(&mut buf))
+}
+
+/// `re.sub(rf"(?<!\\)\b{word}\b", "", s)` for a word of ASCII letters: each occurrence not
+/// preceded by a word character or a backslash and not followed by a word character goes.
+fn remove_whole_word(s: &str, word: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let (mut kept, mut from) = (0, 0);
+    while let Some(off) = s[from..].find(word) {
+        let i = from + off;
+        let end = i + word.len();
+        let before_ok = s[..i]
+            .chars()
+            .next_back()
+            .is_none_or(|c| c != '\\' && !py_word_char(c));
+        let after_ok = s[end..].chars().next().is_none_or(|c| !py_word_char(c));
+        if before_ok && after_ok {
+            out.push_str(&s[kept..i]);
+            kept = end;
+            from = end;
+        } else {
+            // `word` starts with an ASCII letter, so `i + 1` is a char boundary.
+            from = i + 1;
+        }
+    }
+    out.push_str(&s[kept..]);
+    out
+}
+
+/// `word` removed from the text between LaTeX command names (`\` + ASCII letters, longest
+/// run, leftmost first, as `re.split(r"(\\[a-zA-Z]+)", s)` finds them); the names kept whole.
+fn remove_outside_commands(s: &str, word: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let (mut seg, mut i) = (0, 0);
+    while i < b.len() {
+        if b[i] == b'\\' && b.get(i + 1).is_some_and(u8::is_ascii_alphabetic) {
+            let mut j = i + 1;
+            while b.get(j).is_some_and(u8::is_ascii_alphabetic) {
+                j += 1;
+            }
+            // ASCII bytes only delimit, so both cuts are char boundaries.
+            out.push_str(&s[seg..i].replace(word, ""));
+            out.push_str(&s[i..j]);
+            seg = j;
+            i = j;
+        } else {
+            i += 1;
+        }
+    }
+    out.push_str(&s[seg..].replace(word, ""));
+    out
+}
+
+/// lm-eval's `process_docs` target:
+/// `normalize_final_answer(remove_boxed(last_boxed_only_string(solution)))`; `None` where
+/// lm-eval would raise (no `\boxed` answer).
+pub fn reference_answer(solution: &str) -> Option<String> {
+    last_boxed_only_string(solution)
+        .and_then(remove_boxed)
+        .map(normalize_final_answer)
+}
+
+/// lm-eval's `is_equiv` (see [`super::math_equiv::is_equiv`]).
 pub fn is_equiv(normalized: &str, target: &str) -> bool {
-    normalized == target
+    super::math_equiv::is_equiv(normalized, target)
 }
 
 /// One generation judged both ways.
@@ -246,6 +335,10 @@ pub struct Judgement {
     pub answer_boxed: Option<String>,
     pub exact_match: bool,
     pub exact_match_boxed: bool,
+    /// Scored right by mathematical equivalence, the strings differing (e.g. `0.5` for
+    /// `\frac{1}{2}`).
+    pub by_equivalence: bool,
+    pub by_equivalence_boxed: bool,
 }
 
 pub fn judge(generated: &str, target: &str) -> Judgement {
@@ -254,9 +347,13 @@ pub fn judge(generated: &str, target: &str) -> Judgement {
         .clone()
         .or_else(|| extract_boxed(generated).map(|a| normalize_final_answer(&a)));
     let ok = |a: &Option<String>| a.as_deref().is_some_and(|a| is_equiv(a, target));
+    let (exact_match, exact_match_boxed) = (ok(&answer), ok(&answer_boxed));
+    let differs = |a: &Option<String>| a.as_deref() != Some(target);
     Judgement {
-        exact_match: ok(&answer),
-        exact_match_boxed: ok(&answer_boxed),
+        exact_match,
+        exact_match_boxed,
+        by_equivalence: exact_match && differs(&answer),
+        by_equivalence_boxed: exact_match_boxed && differs(&answer_boxed),
         answer,
         answer_boxed,
     }
@@ -313,12 +410,17 @@ mod tests {
         assert_eq!(n("5\\text{\ns}"), "5");
         assert_eq!(n("7\\mathrm{th}"), "7");
         assert_eq!(n("1\\;2"), "12");
-        // Faithful quirks: "ft" inside "\left", "sue" inside "issue".
+        // Units go as whole words, or glued to text outside a command name ("2\\pi cm"),
+        // never from inside one ("\\left", "\\infty"); a substring still goes when glued to
+        // plain text ("issue").
         assert_eq!(n("issue"), "is");
+        assert_eq!(n("2\\pi cm"), "2\\pi");
+        assert_eq!(n("10cm"), "10");
         assert_eq!(
             n("\\left(3,\\frac{\\pi}{2}\\right)"),
-            "\\le(3,\\frac{\\pi}{2}\\right)"
+            "\\left(3,\\frac{\\pi}{2}\\right)"
         );
+        assert_eq!(n("[0,\\infty)"), "[0,\\infty)");
     }
 
     #[test]
@@ -343,15 +445,21 @@ mod tests {
         assert_eq!(n("\\sqrt23"), "\\sqrt{2}3");
         assert_eq!(n("\\sqrt{23}"), "\\sqrt{23}");
         assert_eq!(n("2\\sqrt3/\\frac34"), "2\\sqrt{3}/\\frac{3}{4}");
+        // Indexed roots: the argument is braced, the index left alone.
+        assert_eq!(n("\\sqrt[3]2"), "\\sqrt[3]{2}");
+        assert_eq!(n("\\sqrt[3]{8}"), "\\sqrt[3]{8}");
     }
 
     #[test]
     fn thousands_commas() {
         assert_eq!(n("100,000"), "100000");
-        assert_eq!(n("1,2"), "12");
-        // Not all digits: commas stay.
+        assert_eq!(n("-1,000"), "-1000");
+        assert_eq!(n("1,000,000"), "1000000");
+        // Only real thousands groups: tuples and lists keep their commas.
+        assert_eq!(n("1,2"), "1,2");
+        assert_eq!(n("4,6,14,15"), "4,6,14,15");
+        assert_eq!(n("1,0000"), "1,0000");
         assert_eq!(n("(1,2)"), "(1,2)");
-        assert_eq!(n("-1,000"), "-1,000");
         assert_eq!(n(""), "");
     }
 
@@ -417,6 +525,14 @@ mod tests {
             "16",
         );
         assert!(!j.exact_match && !j.exact_match_boxed);
+        // Different strings, equal values: lm-eval's sympy check scores it.
+        let j = judge(
+            "Final Answer: The final answer is $0.5$. I hope it is correct.",
+            "\\frac{1}{2}",
+        );
+        assert!(j.exact_match && j.by_equivalence, "{j:?}");
+        let j = judge(" so $\\boxed{16}$.", "16");
+        assert!(j.exact_match_boxed && !j.by_equivalence_boxed, "{j:?}");
         assert!(!judge("no answer", "16").exact_match_boxed);
     }
 
@@ -433,7 +549,7 @@ mod tests {
         assert_eq!(
             prompt(&d, 1),
             r"Problem:
-Find the domain of the expression  $\frac{\sqrt{x-2}}{\sqrt{5-x}}$.}
+Find the domain of the expression  $\frac{\sqrt{x-2}}{\sqrt{5-x}}$.
 
 Solution: The expressions inside each square root must be non-negative. Therefore, $x-2 \ge 0$, so $x\ge2$, and $5 - x \ge 0$, so $x \le 5$. Also, the denominator cannot be equal to zero, so $5-x>0$, which gives $x<5$. Therefore, the domain of the expression is $\boxed{[2,5)}$.
 Final Answer: The final answer is $[2,5)$. I hope it is correct.

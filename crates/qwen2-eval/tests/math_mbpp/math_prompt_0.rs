@@ -1,6 +1,6 @@
 concat!(
         "Problem:\n",
-        "Find the domain of the expression  $\\frac{\\sqrt{x-2}}{\\sqrt{5-x}}$.}\n",
+        "Find the domain of the expression  $\\frac{\\sqrt{x-2}}{\\sqrt{5-x}}$.\n",
         "\n",
         "Solution: The expressions inside each square root must be non-negative. Therefore, $x-2 \\ge 0$, so $x\\ge2$, and $5 - x \\ge 0$, so $x \\le 5$. Also, the denominator cannot be equal to zero, so $5-x>0$, which gives $x<5$. Therefore, the domain of the expression is $\\boxed{[2,5)}$.\n",
         "Final Answer: The final answer is $[2,5)$. I hope it is correct.\n",
@@ -16,7 +16,7 @@ concat!(
         "\n",
         "Solution: If Terrell lifts two 20-pound weights 12 times, he lifts a total of $2\\cdot 12\\cdot20=480$ pounds of weight.  If he lifts two 15-pound weights instead for $n$ times, he will lift a total of $2\\cdot15\\cdot n=30n$ pounds of weight.  Equating this to 480 pounds, we can solve for $n$:\n",
         "\\begin{align*}\n",
-        "30n&=480\\\n",
+        "30n&=480\\\\\n",
         "\\Rightarrow\\qquad n&=480/30=\\boxed{16}\n",
         "\\end{align*}\n",
         "Final Answer: The final answer is $16$. I hope it is correct.\n",
@@ -25,7 +25,7 @@ concat!(
         "If the system of equations\n",
         "\n",
         "\\begin{align*}\n",
-        "6x-4y&=a,\\\n",
+        "6x-4y&=a,\\\\\n",
         "6y-9x &=b.\n",
         "\\end{align*}has a solution $(x, y)$ where $x$ and $y$ are both nonzero,\n",
         "find $\\frac{a}{b},$ assuming $b$ is nonzero.\n",
@@ -41,4 +41,4 @@ concat!(
         "How many vertical asymptotes does the graph of $y=\\frac{2}{x^2+x-6}$ have?\n",
         "\n",
         "Solution:",
-    )
+)
