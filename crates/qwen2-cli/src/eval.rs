@@ -96,28 +96,112 @@ pub struct EvalArgs {
     /// Few-shot examples (default: the model card's per task).
     #[arg(long)]
     shots: Option<usize>,
-    /// Evaluate only the first N items of each task.
+    /// Evaluate only the first N items of each task (for MMLU: the first N in data order,
+    /// i.e. of its first subjects).
     #[arg(long)]
     limit: Option<usize>,
+    /// Evaluate only the first N items of each subtask, as lm-eval's `--limit N` does on a
+    /// group: for MMLU, N of each of its 57 subjects (57 N items); other tasks: their first N.
+    #[arg(long, value_name = "N", conflicts_with = "limit")]
+    limit_per_subtask: Option<usize>,
     /// Seed of the few-shot example draw.
     #[arg(long, default_value_t = 1234)]
     seed: u64,
-    /// Output folder: results.json, results.md, and per task <task>.samples.jsonl (items
-    /// already there are not evaluated again).
+    /// Output folder: results.json, results.md, scores.png, and per task
+    /// <task>.samples.jsonl (items already there are not evaluated again). With --chart: the
+    /// PNG to write (a path ending in .png), or the folder to write scores.png into.
     #[arg(long, default_value = "eval-out")]
     out: PathBuf,
-    /// Wrap each prompt in the model's chat template (instruct models).
+    /// Render prompts with the model's chat template, as lm-eval's `--apply_chat_template`
+    /// (instruct models). Without it, prompts are plain text (base models; the model card's
+    /// protocol). With it: the task description (MMLU) is the system message, else the
+    /// template's default system prompt is used; each few-shot example is a user turn and an
+    /// assistant turn (see --fewshot-as-multiturn), the question a user turn, then the
+    /// assistant's generation prompt; multiple-choice continuations lose their leading space.
     #[arg(long)]
     chat: bool,
+    /// With --chat: few-shot examples as separate user/assistant turns (true, lm-eval's
+    /// default with a chat template) or joined with the question in one user turn (false).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", requires = "chat")]
+    fewshot_as_multiturn: bool,
     /// Most tokens generated per item (generation tasks).
     #[arg(long, default_value_t = 256)]
     max_gen_tokens: usize,
     /// KV cache size in tokens.
     #[arg(long, default_value_t = 8192)]
     ctx: usize,
-    /// Print this run's results next to another results.json.
+    /// Print this run's results next to another results.json, and chart both in scores.png.
     #[arg(long)]
     compare: Option<PathBuf>,
+    /// Evaluate nothing: draw the bar chart of one results.json, or of two side by side,
+    /// into --out (e.g. `qwen2 eval --chart a/results.json b/results.json --out ab.png`).
+    #[arg(long, num_args = 1..=2, value_name = "RESULTS_JSON")]
+    chart: Vec<PathBuf>,
+}
+
+fn read_results(path: &Path) -> Result<Json> {
+    serde_json::from_str(
+        &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", path.display()))
+}
+
+/// "model (date)" of a results.json.
+fn run_name(doc: &Json) -> String {
+    let name = doc["model"]["name"].as_str().unwrap_or("model");
+    match doc["date"].as_str() {
+        Some(d) => format!("{name} ({d})"),
+        None => name.to_string(),
+    }
+}
+
+/// The bar chart of one or two results.json documents (with the paths they came from).
+fn write_chart(docs: &[(&Json, String)], png: &Path) -> Result<()> {
+    let runs = docs
+        .iter()
+        .map(|(d, path)| {
+            let label = if docs.len() == 1 {
+                run_name(d)
+            } else {
+                path.clone()
+            };
+            qwen2_eval::chart::Run::from_results(d, label).with_context(|| path.clone())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let title = docs
+        .iter()
+        .map(|(d, _)| run_name(d))
+        .collect::<Vec<_>>()
+        .join(" vs ");
+    let bytes = qwen2_eval::chart::render_png(&title, &runs)?;
+    std::fs::write(png, bytes).with_context(|| format!("writing {}", png.display()))?;
+    eprintln!("[qwen2] wrote {}", png.display());
+    Ok(())
+}
+
+/// `--chart`: redraw the chart from results.json files.
+fn chart_only(files: &[PathBuf], out: &Path) -> Result<()> {
+    let docs: Vec<Json> = files
+        .iter()
+        .map(|p| read_results(p))
+        .collect::<Result<_>>()?;
+    let named: Vec<(&Json, String)> = docs
+        .iter()
+        .zip(files)
+        .map(|(d, p)| (d, p.display().to_string()))
+        .collect();
+    let png = if out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"))
+    {
+        out.to_path_buf()
+    } else {
+        out.join("scores.png")
+    };
+    if let Some(dir) = png.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    write_chart(&named, &png)
 }
 
 /// sha256 of a model file, or of a directory's model files (name and hash of each).
@@ -145,6 +229,9 @@ fn model_hash(path: &Path) -> Result<String> {
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
+    if !a.chart.is_empty() {
+        return chart_only(&a.chart, &a.out);
+    }
     let tasks: Vec<Task> = a
         .tasks
         .split(',')
@@ -170,6 +257,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         limit: a.limit,
         seed: a.seed,
         chat: a.chat,
+        fewshot_as_multiturn: a.fewshot_as_multiturn,
+        limit_per_subtask: a.limit_per_subtask,
         max_gen_tokens: a.max_gen_tokens,
         ctx: a.ctx,
         model_id: model_sha.clone(),
@@ -224,8 +313,12 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         })
         .unwrap_or_else(|| json!({ "tasks": {} }));
     doc["engine_version"] = json!(qwen2_eval::run::ENGINE_VERSION);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    doc["date"] = json!(qwen2_eval::chart::utc_date(now));
     doc["model"] = json!({ "name": lm.name, "path": lm.path.display().to_string(), "sha256": model_sha, "exact": a.m.exact });
-    doc["settings"] = json!({ "seed": a.seed, "limit": a.limit, "shots": a.shots, "chat": a.chat, "max_gen_tokens": a.max_gen_tokens });
+    doc["settings"] = json!({ "seed": a.seed, "limit": a.limit, "limit_per_subtask": a.limit_per_subtask, "shots": a.shots, "chat": a.chat, "fewshot_as_multiturn": a.chat && a.fewshot_as_multiturn, "max_gen_tokens": a.max_gen_tokens });
     for r in &results {
         doc["tasks"][&r.task] = serde_json::to_value(r)?;
     }
@@ -242,12 +335,17 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     std::fs::write(a.out.join("results.md"), &table)?;
     println!("{table}");
     eprintln!("[qwen2] wrote {} and results.md", rpath.display());
+    let png = a.out.join("scores.png");
+    let this = (&doc, rpath.display().to_string());
+    // The scores are written by now: a chart that cannot be drawn is only reported.
+    let chart = |docs: &[(&Json, String)]| {
+        if let Err(e) = write_chart(docs, &png) {
+            eprintln!("[qwen2] no chart: {e:#}");
+        }
+    };
     if let Some(other) = &a.compare {
-        let o: Json = serde_json::from_str(
-            &std::fs::read_to_string(other)
-                .with_context(|| format!("reading {}", other.display()))?,
-        )
-        .with_context(|| format!("{} is not JSON", other.display()))?;
+        let o = read_results(other)?;
+        chart(&[(&o, other.display().to_string()), this]);
         println!(
             "{}",
             report::compare(
@@ -257,6 +355,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
                 &rpath.display().to_string()
             )
         );
+    } else {
+        chart(&[this]);
     }
     Ok(())
 }

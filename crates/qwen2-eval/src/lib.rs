@@ -4,6 +4,7 @@
 //! written per item (resumable) and summarized ([`run`], [`report`]).
 
 mod arrow_table;
+pub mod chart;
 pub mod data;
 pub mod error;
 pub mod loglik;

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use qwen2_core::qwen2_tokenizer::ChatMessage;
+use qwen2_core::qwen2_tokenizer::ChatTemplate;
 use qwen2_core::LoadedModel;
 use serde_json::{json, Value as Json};
 use sha2::{Digest, Sha256};
@@ -105,8 +105,15 @@ pub struct EvalConfig {
     pub shots: Option<usize>,
     pub limit: Option<usize>,
     pub seed: u64,
-    /// Wrap each prompt in the model's chat template (instruct models).
+    /// Render each prompt with the model's chat template (instruct models), as lm-eval's
+    /// `--apply_chat_template` does.
     pub chat: bool,
+    /// With `chat`: each few-shot example as its own user/assistant turns (lm-eval's
+    /// `--fewshot_as_multiturn`, its default with a chat template), else all in one user turn.
+    pub fewshot_as_multiturn: bool,
+    /// The first N items of each subtask (MMLU's 57 subjects), as lm-eval's `--limit N` on a
+    /// group; tasks without subtasks take their first N. Applied before `limit`.
+    pub limit_per_subtask: Option<usize>,
     pub max_gen_tokens: usize,
     /// KV cache size in tokens.
     pub ctx: usize,
@@ -132,7 +139,7 @@ enum Work {
 
 struct GenItem {
     id: String,
-    prompt: String,
+    prompt: tasks::FewShotPrompt,
     check: Check,
 }
 
@@ -154,7 +161,7 @@ pub fn sha256_hex(s: &str) -> String {
 
 impl Runner<'_> {
     fn settings(&self, task: Task, shots: usize) -> Json {
-        json!({
+        let mut s = json!({
             "task": task.name(),
             "shots": shots,
             "seed": self.cfg.seed,
@@ -162,15 +169,47 @@ impl Runner<'_> {
             "max_gen_tokens": self.cfg.max_gen_tokens,
             "model": self.cfg.model_id,
             "engine_version": ENGINE_VERSION,
-        })
+        });
+        // Only with --chat, so that folders of plain runs keep resuming. Chat prompts are
+        // rendered as lm-eval renders them ("lm-eval-0.4.13"); folders of earlier chat runs
+        // (the whole prompt as one user turn) are refused rather than mixed.
+        if self.cfg.chat {
+            s["chat_format"] = json!("lm-eval-0.4.13");
+            s["fewshot_as_multiturn"] = json!(self.cfg.fewshot_as_multiturn);
+        }
+        s
     }
 
-    fn chat_wrap(&self, text: &str) -> Result<String> {
+    /// The text the model sees for `prompt`: plain, or rendered with the chat template.
+    pub fn render(&self, prompt: &tasks::FewShotPrompt) -> Result<String> {
+        if !self.cfg.chat {
+            return Ok(prompt.text());
+        }
         let tpl = self.model.chat_template.as_ref().ok_or_else(|| {
             Error::Invalid("--chat needs a model with a chat template (an instruct model)".into())
         })?;
-        tpl.render(&[ChatMessage::new("user", text)], true, None)
-            .map_err(|e| Error::Tokenizer(e.to_string()))
+        render_chat(tpl, prompt, self.cfg.fewshot_as_multiturn)
+    }
+
+    /// `limit_per_subtask`: MMLU keeps the first N items of each subject (in lm-eval's
+    /// subject order), any other task its first N. (`limit` is applied after this, in `run`.)
+    fn select(&self, task: Task, work: Work) -> Work {
+        let Some(n) = self.cfg.limit_per_subtask else {
+            return work;
+        };
+        match work {
+            Work::Mc(items) if task == Task::Mmlu => {
+                Work::Mc(tasks::mmlu::first_per_subject(items, n))
+            }
+            Work::Mc(mut items) => {
+                items.truncate(n);
+                Work::Mc(items)
+            }
+            Work::Gen(mut items) => {
+                items.truncate(n);
+                Work::Gen(items)
+            }
+        }
     }
 
     fn build(&self, task: Task, shots: usize) -> Result<Work> {
@@ -202,7 +241,10 @@ impl Runner<'_> {
                     .enumerate()
                     .map(|(i, doc)| GenItem {
                         id: i.to_string(),
-                        prompt: tasks::gsm8k::prompt(doc, shots.min(tasks::gsm8k::EXEMPLARS.len())),
+                        prompt: tasks::gsm8k::fewshot_prompt(
+                            doc,
+                            shots.min(tasks::gsm8k::EXEMPLARS.len()),
+                        ),
                         check: Check::Number(tasks::gsm8k::target(doc)),
                     })
                     .collect(),
@@ -212,7 +254,7 @@ impl Runner<'_> {
                     .into_iter()
                     .map(|doc| GenItem {
                         id: doc.task_id.clone(),
-                        prompt: doc.prompt.clone(),
+                        prompt: tasks::FewShotPrompt::single(doc.prompt.clone()),
                         check: Check::HumanEval(Box::new(doc)),
                     })
                     .collect(),
@@ -229,7 +271,7 @@ impl Runner<'_> {
                         .enumerate()
                         .map(|(i, doc)| GenItem {
                             id: i.to_string(),
-                            prompt: tasks::math::prompt(doc, k),
+                            prompt: tasks::FewShotPrompt::single(tasks::math::prompt(doc, k)),
                             check: Check::Math(doc.answer.clone()),
                         })
                         .collect(),
@@ -242,7 +284,7 @@ impl Runner<'_> {
                         .into_iter()
                         .map(|doc| GenItem {
                             id: doc.task_id.to_string(),
-                            prompt: tasks::mbpp::prompt(&doc, k),
+                            prompt: tasks::FewShotPrompt::single(tasks::mbpp::prompt(&doc, k)),
                             check: Check::Mbpp(Box::new(doc)),
                         })
                         .collect(),
@@ -256,6 +298,9 @@ impl Runner<'_> {
                         id: i.to_string(),
                         choice_chars: vec![doc.continuation.len()],
                         requests: vec![tasks::Request {
+                            prompt: std::sync::Arc::new(tasks::FewShotPrompt::single(
+                                doc.context.clone(),
+                            )),
                             context: doc.context,
                             continuation: doc.continuation,
                         }],
@@ -291,7 +336,7 @@ impl Runner<'_> {
             .filter_map(|r| r.get("id").and_then(Json::as_str).map(str::to_owned))
             .collect();
 
-        let work = self.build(task, shots)?;
+        let work = self.select(task, self.build(task, shots)?);
         let tok = self.model.tokenizer()?;
         let eot = self.model.eos_ids.first().copied().unwrap_or(0);
         let mut scorer = Scorer::new(&self.model.model, tok, self.cfg.ctx, eot);
@@ -301,63 +346,41 @@ impl Runner<'_> {
             .open(&samples_path)
             .map_err(io(&samples_path))?;
         let limit = |n: usize| self.cfg.limit.map_or(n, |l| l.min(n));
-        match work {
+        // The ids of the items to run, and how to score item `i` into its record.
+        type ScoreFn<'s> = Box<dyn FnMut(usize) -> Result<Json> + 's>;
+        let sc = &mut scorer;
+        let (ids, mut score): (Vec<&str>, ScoreFn<'_>) = match &work {
             Work::Mc(items) => {
                 let items = &items[..limit(items.len())];
-                let total = items.len();
-                let mut n_done = items.iter().filter(|i| done.contains(&i.id)).count();
-                progress(n_done, total);
-                for item in items.iter().filter(|i| !done.contains(&i.id)) {
-                    let rec = self.score_mc(&mut scorer, item)?;
-                    append(&mut out, &samples_path, &rec)?;
-                    records.push(rec);
-                    n_done += 1;
-                    progress(n_done, total);
-                }
-                let ids: HashSet<&str> = items.iter().map(|i| i.id.as_str()).collect();
-                records.retain(|r| {
-                    r.get("id")
-                        .and_then(Json::as_str)
-                        .is_some_and(|id| ids.contains(id))
-                });
+                let ids = items.iter().map(|i| i.id.as_str()).collect();
+                (ids, Box::new(move |i| self.score_mc(sc, &items[i])))
             }
             Work::Gen(items) => {
                 let items = &items[..limit(items.len())];
-                let total = items.len();
-                let mut n_done = items.iter().filter(|i| done.contains(&i.id)).count();
-                progress(n_done, total);
-                for item in items.iter().filter(|i| !done.contains(&i.id)) {
-                    let prompt = if self.cfg.chat {
-                        self.chat_wrap(&item.prompt)?
-                    } else {
-                        item.prompt.clone()
-                    };
-                    let stop: &[&str] = match item.check {
-                        Check::Number(_) => &tasks::gsm8k::STOP,
-                        Check::HumanEval(_) => &tasks::humaneval::STOP,
-                        Check::Math(_) => &tasks::math::STOP,
-                        Check::Mbpp(_) => &tasks::mbpp::STOP,
-                    };
-                    let text = scorer.greedy(
-                        &prompt,
-                        self.cfg.max_gen_tokens,
-                        stop,
-                        &self.model.eos_ids,
-                    )?;
-                    let rec = judge(&item.id, &sha256_hex(&prompt), text, &item.check)?;
-                    append(&mut out, &samples_path, &rec)?;
-                    records.push(rec);
-                    n_done += 1;
-                    progress(n_done, total);
-                }
-                let ids: HashSet<&str> = items.iter().map(|i| i.id.as_str()).collect();
-                records.retain(|r| {
-                    r.get("id")
-                        .and_then(Json::as_str)
-                        .is_some_and(|id| ids.contains(id))
-                });
+                let ids = items.iter().map(|i| i.id.as_str()).collect();
+                (ids, Box::new(move |i| self.score_gen(sc, &items[i])))
             }
+        };
+        let total = ids.len();
+        let mut n_done = ids.iter().filter(|id| done.contains(**id)).count();
+        progress(n_done, total);
+        for (i, id) in ids.iter().enumerate() {
+            if done.contains(*id) {
+                continue;
+            }
+            let rec = score(i)?;
+            append(&mut out, &samples_path, &rec)?;
+            records.push(rec);
+            n_done += 1;
+            progress(n_done, total);
         }
+        drop(score);
+        let ids: HashSet<&str> = ids.into_iter().collect();
+        records.retain(|r| {
+            r.get("id")
+                .and_then(Json::as_str)
+                .is_some_and(|id| ids.contains(id))
+        });
         let metrics = aggregate(task, &records);
         Ok(TaskResult {
             task: task.name().into(),
@@ -371,6 +394,19 @@ impl Runner<'_> {
         })
     }
 
+    /// Greedy generation for `item`, judged.
+    fn score_gen(&self, scorer: &mut Scorer<'_>, item: &GenItem) -> Result<Json> {
+        let prompt = self.render(&item.prompt)?;
+        let stop: &[&str] = match item.check {
+            Check::Number(_) => &tasks::gsm8k::STOP,
+            Check::HumanEval(_) => &tasks::humaneval::STOP,
+            Check::Math(_) => &tasks::math::STOP,
+            Check::Mbpp(_) => &tasks::mbpp::STOP,
+        };
+        let text = scorer.greedy(&prompt, self.cfg.max_gen_tokens, stop, &self.model.eos_ids)?;
+        judge(&item.id, &sha256_hex(&prompt), text, &item.check)
+    }
+
     fn score_mc(&self, scorer: &mut Scorer<'_>, item: &McItem) -> Result<Json> {
         let mut lls = Vec::with_capacity(item.requests.len());
         let mut greedy = Vec::new();
@@ -379,10 +415,7 @@ impl Runner<'_> {
         let mut h = Sha256::new();
         for r in &item.requests {
             let (ctx, cont) = if self.cfg.chat {
-                (
-                    self.chat_wrap(&r.context)?,
-                    r.continuation.trim_start().to_string(),
-                )
+                (self.render(&r.prompt)?, r.chat_continuation().to_string())
             } else {
                 (r.context.clone(), r.continuation.clone())
             };
@@ -422,6 +455,17 @@ impl Runner<'_> {
     }
 }
 
+/// `prompt` rendered with a chat template as lm-eval 0.4.13 renders it (`fewshot_context`
+/// with `apply_chat_template`): its messages, then the assistant's generation prompt.
+pub fn render_chat(
+    tpl: &ChatTemplate,
+    prompt: &tasks::FewShotPrompt,
+    multiturn: bool,
+) -> Result<String> {
+    tpl.render(&prompt.messages(multiturn), true, None)
+        .map_err(|e| Error::Tokenizer(e.to_string()))
+}
+
 /// The record of one generation, with its verdict.
 fn judge(id: &str, prompt_sha: &str, text: String, check: &Check) -> Result<Json> {
     Ok(match check {
@@ -457,6 +501,8 @@ fn judge(id: &str, prompt_sha: &str, text: String, check: &Check) -> Result<Json
                 "answer_boxed": j.answer_boxed,
                 "exact_match": f64::from(u8::from(j.exact_match)),
                 "exact_match_boxed": f64::from(u8::from(j.exact_match_boxed)),
+                "by_equivalence": j.by_equivalence,
+                "by_equivalence_boxed": j.by_equivalence_boxed,
             })
         }
         Check::Mbpp(doc) => {

@@ -85,6 +85,8 @@ fn run_writes_records_and_resumes() {
         limit: Some(3),
         seed: 1234,
         chat: false,
+        fewshot_as_multiturn: true,
+        limit_per_subtask: None,
         max_gen_tokens: 64,
         ctx: 4096,
         model_id: "test".into(),

@@ -3,22 +3,25 @@
 
 use crate::data::ArcDoc;
 use crate::pyrandom::ContextSampler;
-use crate::tasks::{McItem, Request, FEWSHOT_DELIMITER, TARGET_DELIMITER};
+use crate::tasks::{FewShotPrompt, McItem};
 
 pub fn doc_to_text(d: &ArcDoc) -> String {
     format!("Question: {}\nAnswer:", d.question)
 }
 
-pub fn context(doc: &ArcDoc, shots: &[&ArcDoc]) -> String {
-    let mut s = String::new();
-    for ex in shots {
-        s.push_str(&doc_to_text(ex));
-        s.push_str(TARGET_DELIMITER);
-        s.push_str(&ex.choices[ex.gold]);
-        s.push_str(FEWSHOT_DELIMITER);
+pub fn prompt(doc: &ArcDoc, shots: &[&ArcDoc]) -> FewShotPrompt {
+    FewShotPrompt {
+        description: String::new(),
+        shots: shots
+            .iter()
+            .map(|ex| (doc_to_text(ex), ex.choices[ex.gold].clone()))
+            .collect(),
+        question: doc_to_text(doc),
     }
-    s.push_str(&doc_to_text(doc));
-    s
+}
+
+pub fn context(doc: &ArcDoc, shots: &[&ArcDoc]) -> String {
+    prompt(doc, shots).text()
 }
 
 /// Items for `test` with `k` examples from `train` each, drawn as lm-eval draws them
@@ -32,20 +35,7 @@ pub fn items(test: &[ArcDoc], train: &[ArcDoc], k: usize, seed: u64) -> Vec<McIt
                 .into_iter()
                 .map(|j| &train[j])
                 .collect();
-            let ctx = context(d, &shots);
-            McItem {
-                id: d.id.clone(),
-                requests: d
-                    .choices
-                    .iter()
-                    .map(|c| Request {
-                        context: ctx.clone(),
-                        continuation: format!("{TARGET_DELIMITER}{c}"),
-                    })
-                    .collect(),
-                gold: d.gold,
-                choice_chars: d.choices.iter().map(|c| c.chars().count()).collect(),
-            }
+            McItem::with_choices(d.id.clone(), prompt(d, &shots), &d.choices, d.gold)
         })
         .collect()
 }

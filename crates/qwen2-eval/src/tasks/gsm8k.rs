@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use regex::Regex;
 
 use crate::data::Gsm8kDoc;
-use crate::tasks::{FEWSHOT_DELIMITER, TARGET_DELIMITER};
+use crate::tasks::FewShotPrompt;
 
 pub const EXEMPLARS: [(&str, &str); 8] = [
     ("There are 15 trees in the grove. Grove workers will plant trees in the grove today. After they are done, there will be 21 trees. How many trees did the grove workers plant today?",
@@ -36,17 +36,22 @@ pub fn doc_to_text(question: &str) -> String {
     format!("Q: {question}\nA:")
 }
 
-/// The prompt with the first `k` exemplars (at most 8).
-pub fn prompt(doc: &Gsm8kDoc, k: usize) -> String {
-    let mut s = String::new();
-    for (q, a) in EXEMPLARS.iter().take(k) {
-        s.push_str(&doc_to_text(q));
-        s.push_str(TARGET_DELIMITER);
-        s.push_str(a);
-        s.push_str(FEWSHOT_DELIMITER);
+/// The prompt with the first `k` exemplars (at most 8), before rendering.
+pub fn fewshot_prompt(doc: &Gsm8kDoc, k: usize) -> FewShotPrompt {
+    FewShotPrompt {
+        description: String::new(),
+        shots: EXEMPLARS
+            .iter()
+            .take(k)
+            .map(|(q, a)| (doc_to_text(q), a.to_string()))
+            .collect(),
+        question: doc_to_text(&doc.question),
     }
-    s.push_str(&doc_to_text(&doc.question));
-    s
+}
+
+/// The plain-text prompt with the first `k` exemplars (at most 8).
+pub fn prompt(doc: &Gsm8kDoc, k: usize) -> String {
+    fewshot_prompt(doc, k).text()
 }
 
 /// The reference answer: what follows `####`.

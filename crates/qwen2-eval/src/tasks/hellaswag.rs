@@ -8,7 +8,7 @@ use regex::Regex;
 
 use crate::data::HellaswagDoc;
 use crate::pyrandom::ContextSampler;
-use crate::tasks::{py_capitalize, McItem, Request, FEWSHOT_DELIMITER, TARGET_DELIMITER};
+use crate::tasks::{py_capitalize, FewShotPrompt, McItem};
 
 /// lm-eval's `preprocess`: drop WikiHow's bracketed artifacts.
 pub fn preprocess(text: &str) -> String {
@@ -34,16 +34,19 @@ pub fn process_doc(
     }
 }
 
-pub fn context(doc: &HellaswagDoc, shots: &[&HellaswagDoc]) -> String {
-    let mut s = String::new();
-    for ex in shots {
-        s.push_str(&ex.query);
-        s.push_str(TARGET_DELIMITER);
-        s.push_str(&ex.choices[ex.gold]);
-        s.push_str(FEWSHOT_DELIMITER);
+pub fn prompt(doc: &HellaswagDoc, shots: &[&HellaswagDoc]) -> FewShotPrompt {
+    FewShotPrompt {
+        description: String::new(),
+        shots: shots
+            .iter()
+            .map(|ex| (ex.query.clone(), ex.choices[ex.gold].clone()))
+            .collect(),
+        question: doc.query.clone(),
     }
-    s.push_str(&doc.query);
-    s
+}
+
+pub fn context(doc: &HellaswagDoc, shots: &[&HellaswagDoc]) -> String {
+    prompt(doc, shots).text()
 }
 
 /// Items for `val` with `k` examples from `train` each. The yaml sets no `test_split` and
@@ -61,20 +64,7 @@ pub fn items(val: &[HellaswagDoc], train: &[HellaswagDoc], k: usize, seed: u64) 
                 .into_iter()
                 .map(|j| &train[j])
                 .collect();
-            let ctx = context(d, &shots);
-            McItem {
-                id: i.to_string(),
-                requests: d
-                    .choices
-                    .iter()
-                    .map(|c| Request {
-                        context: ctx.clone(),
-                        continuation: format!("{TARGET_DELIMITER}{c}"),
-                    })
-                    .collect(),
-                gold: d.gold,
-                choice_chars: d.choices.iter().map(|c| c.chars().count()).collect(),
-            }
+            McItem::with_choices(i.to_string(), prompt(d, &shots), &d.choices, d.gold)
         })
         .collect()
 }

@@ -12,15 +12,103 @@ pub mod gsm8k;
 pub mod hellaswag;
 pub mod humaneval;
 pub mod math;
+pub mod math_equiv;
 pub mod mbpp;
 pub mod mmlu;
 pub mod winogrande;
 
+use std::sync::Arc;
+
+use qwen2_core::qwen2_tokenizer::ChatMessage;
+
 /// One log-likelihood request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
+    /// The plain-text context (`prompt.text()`), the base-model protocol.
     pub context: String,
     pub continuation: String,
+    /// The context before rendering, for `--chat` (shared by the choices of a document).
+    pub prompt: Arc<FewShotPrompt>,
+}
+
+impl Request {
+    /// A request whose continuation follows lm-eval's `target_delimiter` (" ").
+    pub fn new(prompt: &Arc<FewShotPrompt>, continuation: &str) -> Request {
+        Request {
+            context: prompt.text(),
+            continuation: format!("{TARGET_DELIMITER}{continuation}"),
+            prompt: Arc::clone(prompt),
+        }
+    }
+
+    /// The continuation under a chat template: lm-eval 0.4.13 drops the target delimiter
+    /// when it applies one (`construct_requests`; none of our tasks sets a `gen_prefix`).
+    pub fn chat_continuation(&self) -> &str {
+        self.continuation
+            .strip_prefix(TARGET_DELIMITER)
+            .unwrap_or(&self.continuation)
+    }
+}
+
+/// A prompt as lm-eval's `fewshot_context` assembles it before rendering (`build_qa_turn`
+/// messages): the task description, the examples as (question, answer) turns, and the
+/// question asked. Rendered as plain text (base models), or as chat messages for a chat
+/// template (`--chat`, lm-eval's `--apply_chat_template`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FewShotPrompt {
+    /// lm-eval's `description`; under a chat template it becomes the system message.
+    pub description: String,
+    pub shots: Vec<(String, String)>,
+    pub question: String,
+}
+
+impl FewShotPrompt {
+    /// A prompt that is one piece of text (zero-shot, or few-shot text that is not split).
+    pub fn single(question: impl Into<String>) -> FewShotPrompt {
+        FewShotPrompt {
+            question: question.into(),
+            ..FewShotPrompt::default()
+        }
+    }
+
+    /// Plain text: description, each example as question + " " + answer + "\n\n", question.
+    pub fn text(&self) -> String {
+        let mut s = self.description.clone();
+        for (q, a) in &self.shots {
+            s.push_str(q);
+            s.push_str(TARGET_DELIMITER);
+            s.push_str(a);
+            s.push_str(FEWSHOT_DELIMITER);
+        }
+        s.push_str(&self.question);
+        s
+    }
+
+    /// The chat messages lm-eval renders: a system message with the description (if any),
+    /// then either each example as a user turn and an assistant turn followed by the question
+    /// as a user turn (`multiturn`, lm-eval's `--fewshot_as_multiturn`, its default with
+    /// `--apply_chat_template`), or examples and question joined as plain text in one user
+    /// turn (`multiturn_to_singleturn`).
+    pub fn messages(&self, multiturn: bool) -> Vec<ChatMessage> {
+        let mut m = Vec::new();
+        if !self.description.is_empty() {
+            m.push(ChatMessage::new("system", self.description.clone()));
+        }
+        if multiturn {
+            for (q, a) in &self.shots {
+                m.push(ChatMessage::new("user", q.clone()));
+                m.push(ChatMessage::new("assistant", a.clone()));
+            }
+            m.push(ChatMessage::new("user", self.question.clone()));
+        } else {
+            let body = FewShotPrompt {
+                description: String::new(),
+                ..self.clone()
+            };
+            m.push(ChatMessage::new("user", body.text()));
+        }
+        m
+    }
 }
 
 /// A multiple-choice document: the model picks the choice whose continuation it finds most
@@ -34,6 +122,25 @@ pub struct McItem {
     /// lm-eval's `acc_norm` divides each log-likelihood by the length, in characters, of the
     /// choice text (`doc_to_choice`).
     pub choice_chars: Vec<usize>,
+}
+
+impl McItem {
+    /// A document whose choices are continuations of one prompt (ARC, HellaSwag): a request
+    /// per choice, and `acc_norm`'s lengths from the choice texts.
+    pub fn with_choices(
+        id: String,
+        prompt: FewShotPrompt,
+        choices: &[String],
+        gold: usize,
+    ) -> Self {
+        let p = Arc::new(prompt);
+        McItem {
+            id,
+            requests: choices.iter().map(|c| Request::new(&p, c)).collect(),
+            gold,
+            choice_chars: choices.iter().map(|c| c.chars().count()).collect(),
+        }
+    }
 }
 
 /// lm-eval's defaults: `target_delimiter` joins a question and its answer, and
@@ -56,6 +163,46 @@ pub fn py_capitalize(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prompt_as_text_and_as_chat_turns() {
+        let p = FewShotPrompt {
+            description: "About X.\n\n".into(),
+            shots: vec![("Q1?".into(), "A1".into()), ("Q2?".into(), "A2".into())],
+            question: "Q3?".into(),
+        };
+        assert_eq!(p.text(), "About X.\n\nQ1? A1\n\nQ2? A2\n\nQ3?");
+        let turns = |m: Vec<ChatMessage>| -> Vec<(String, String)> {
+            m.into_iter().map(|m| (m.role, m.content)).collect()
+        };
+        let t = |r: &str, c: &str| (r.to_string(), c.to_string());
+        assert_eq!(
+            turns(p.messages(true)),
+            vec![
+                t("system", "About X.\n\n"),
+                t("user", "Q1?"),
+                t("assistant", "A1"),
+                t("user", "Q2?"),
+                t("assistant", "A2"),
+                t("user", "Q3?"),
+            ]
+        );
+        assert_eq!(
+            turns(p.messages(false)),
+            vec![
+                t("system", "About X.\n\n"),
+                t("user", "Q1? A1\n\nQ2? A2\n\nQ3?")
+            ]
+        );
+        // No description: no system message (the template adds its default).
+        assert_eq!(
+            turns(FewShotPrompt::single("Hi").messages(true)),
+            vec![t("user", "Hi")]
+        );
+        let r = Request::new(&Arc::new(p), " padded");
+        assert_eq!(r.continuation, "  padded");
+        assert_eq!(r.chat_continuation(), " padded");
+    }
 
     #[test]
     fn capitalize_like_python() {

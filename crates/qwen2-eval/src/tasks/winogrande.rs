@@ -2,10 +2,12 @@
 //! `preprocess_winogrande.py`): the sentence up to the blank, filled with each option, is a
 //! context; the rest of the sentence is the one continuation scored under each.
 
+use std::sync::Arc;
+
 use crate::data::WinograndeDoc;
 use crate::error::{Error, Result};
 use crate::pyrandom::ContextSampler;
-use crate::tasks::{McItem, Request, FEWSHOT_DELIMITER, TARGET_DELIMITER};
+use crate::tasks::{FewShotPrompt, McItem, Request};
 
 /// (the two partial contexts, the shared target, the gold index).
 pub fn split(d: &WinograndeDoc) -> Result<([String; 2], String, usize)> {
@@ -36,17 +38,16 @@ pub fn split(d: &WinograndeDoc) -> Result<([String; 2], String, usize)> {
     ))
 }
 
-/// The few-shot prefix: each example's correct context and target.
-pub fn fewshot_prefix(shots: &[&WinograndeDoc]) -> Result<String> {
-    let mut s = String::new();
-    for ex in shots {
-        let (ctx, target, gold) = split(ex)?;
-        s.push_str(&ctx[gold]);
-        s.push_str(TARGET_DELIMITER);
-        s.push_str(&target);
-        s.push_str(FEWSHOT_DELIMITER);
-    }
-    Ok(s)
+/// The few-shot examples: each example's correct context and its target.
+pub fn fewshot_turns(shots: &[&WinograndeDoc]) -> Result<Vec<(String, String)>> {
+    shots
+        .iter()
+        .map(|ex| {
+            let (ctx, target, gold) = split(ex)?;
+            let [a, b] = ctx;
+            Ok((if gold == 0 { a } else { b }, target))
+        })
+        .collect()
 }
 
 /// lm-eval compares documents as dicts: a train row equals a validation row when all four
@@ -78,15 +79,19 @@ pub fn items(
                 .into_iter()
                 .map(|j| &train[j])
                 .collect();
-            let prefix = fewshot_prefix(&shots)?;
+            let turns = fewshot_turns(&shots)?;
             let (ctx, target, gold) = split(d)?;
             Ok(McItem {
                 id: i.to_string(),
                 requests: ctx
                     .iter()
-                    .map(|c| Request {
-                        context: format!("{prefix}{c}"),
-                        continuation: format!("{TARGET_DELIMITER}{target}"),
+                    .map(|c| {
+                        let p = FewShotPrompt {
+                            description: String::new(),
+                            shots: turns.clone(),
+                            question: c.clone(),
+                        };
+                        Request::new(&Arc::new(p), &target)
                     })
                     .collect(),
                 gold,
