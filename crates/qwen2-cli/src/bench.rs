@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use qwen2_core::{LoadedModel, Logits};
+use qwen2_core::{BatchSeq, LoadedModel, Logits, RowRole};
 
 pub struct BenchResult {
     pub prefill: Stats,
@@ -56,6 +56,9 @@ pub struct BenchOpts {
     /// Decode after the prompt, in its cache (tg at depth `prompt`, as llama-bench's `-d`),
     /// instead of from an empty cache.
     pub after_prompt: bool,
+    /// Sequences decoded in lockstep: each step is one batched forward of `batch` decode rows
+    /// (what `qwen2 serve` runs with `batch` active streams), and tg is the aggregate rate.
+    pub batch: usize,
 }
 
 pub fn bench(lm: &LoadedModel, load_s: f64, o: &BenchOpts) -> Result<BenchResult> {
@@ -86,6 +89,34 @@ pub fn bench(lm: &LoadedModel, load_s: f64, o: &BenchOpts) -> Result<BenchResult
         if n > 0 {
             if !o.after_prompt {
                 cache = model.new_cache(n + 1);
+            }
+            if o.batch > 1 {
+                // Every sequence gets its own copy of the cache (the prompt's, with --after-prompt).
+                let mut caches: Vec<_> = (0..o.batch)
+                    .map(|_| cache.clone_prefix(cache.len()))
+                    .collect();
+                let mut toks: Vec<u32> = (0..o.batch).map(|_| next()).collect();
+                let t = Instant::now();
+                for _ in 0..n {
+                    let step: Vec<[u32; 1]> = toks.iter().map(|&t| [t]).collect();
+                    let mut seqs: Vec<BatchSeq<'_>> = step
+                        .iter()
+                        .zip(caches.iter_mut())
+                        .map(|(t, cache)| BatchSeq {
+                            tokens: t,
+                            cache,
+                            logits: Logits::Last,
+                            role: RowRole::Decode,
+                        })
+                        .collect();
+                    for (tok, logits) in toks.iter_mut().zip(model.forward_batch(&mut seqs)?) {
+                        *tok = qwen2_core::sampling::argmax(&logits?);
+                    }
+                }
+                if measured {
+                    dec.push((n * o.batch) as f64 / t.elapsed().as_secs_f64());
+                }
+                continue;
             }
             let t = Instant::now();
             let mut tok = next();

@@ -196,6 +196,10 @@ enum Cmd {
         /// llama-bench's -d), instead of from an empty cache.
         #[arg(long)]
         after_prompt: bool,
+        /// Decode this many sequences in lockstep, one batched forward per step (as `qwen2
+        /// serve` does with that many active streams); tg is then the aggregate tokens/s.
+        #[arg(short = 'b', long, default_value_t = 1)]
+        batch: usize,
         /// One JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -291,6 +295,7 @@ fn run(cli: Cli) -> Result<()> {
             reps,
             warmup,
             after_prompt,
+            batch,
             json,
         } => {
             let t0 = Instant::now();
@@ -302,6 +307,7 @@ fn run(cli: Cli) -> Result<()> {
                 reps: reps.max(1),
                 warmup,
                 after_prompt,
+                batch: batch.max(1),
             };
             let r = bench::bench(&lm, load_s, &opts)?;
             if json {
@@ -315,6 +321,7 @@ fn run(cli: Cli) -> Result<()> {
                     "reps": reps,
                     "warmup": warmup,
                     "after_prompt": after_prompt,
+                    "batch": batch.max(1),
                     "prefill_tok_s": r.prefill.median,
                     "prefill_tok_s_min": r.prefill.min,
                     "prefill_tok_s_max": r.prefill.max,
@@ -330,8 +337,13 @@ fn run(cli: Cli) -> Result<()> {
                     "pp{prompt}: {:.1} tok/s (min {:.1}, max {:.1})",
                     r.prefill.median, r.prefill.min, r.prefill.max
                 );
+                let b = if batch > 1 {
+                    format!(" x {batch} sequences (aggregate)")
+                } else {
+                    String::new()
+                };
                 println!(
-                    "tg{gen}: {:.1} tok/s (min {:.1}, max {:.1})",
+                    "tg{gen}{b}: {:.1} tok/s (min {:.1}, max {:.1})",
                     r.decode.median, r.decode.min, r.decode.max
                 );
                 println!(
