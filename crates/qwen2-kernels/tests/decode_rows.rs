@@ -8,12 +8,14 @@
 //! - vs `matmul_reference` (f32 activations, f64 sums): activation-quantization error actually
 //!   incurred plus `2e-5 * S + 1e-5`, as in `kernels.rs`.
 
+mod common;
+use common::randn;
 use qwen2_kernels::{
     available_isas, dequantize_row, matmul_decode_with_isa, matmul_reference, quantize_row,
     vec_dot_with_isa, GgmlType, Isa, QMatRef,
 };
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 /// The default model's decode types first, then ones served by the per-pair fallback.
 const TYPES: [GgmlType; 7] = [
@@ -25,16 +27,6 @@ const TYPES: [GgmlType; 7] = [
     GgmlType::F16,
     GgmlType::Q5K,
 ];
-
-fn randn(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            let u1: f32 = rng.random_range(1e-7f32..1.0);
-            let u2: f32 = rng.random::<f32>();
-            (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos() * scale
-        })
-        .collect()
-}
 
 fn weights(rng: &mut StdRng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
     let rb = ty.row_bytes(cols).unwrap();

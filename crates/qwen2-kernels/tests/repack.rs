@@ -10,6 +10,8 @@
 //!   equal the Q5_0 GEMM bitwise.
 //! - The repacked type is internal: never parsed from a ggml id, never quantized to directly.
 
+mod common;
+use common::randn;
 use qwen2_kernels::{
     available_isas, dequantize_row, matmul_decode_with_isa, matmul_prompt_with_isa, quantize_row,
     repack_row, repacked_type, vec_dot_with_isa, GgmlType, QMatRef,
@@ -19,16 +21,6 @@ use rand::{Rng, SeedableRng};
 
 const Q5: GgmlType = GgmlType::Q5_0;
 const R8: GgmlType = GgmlType::Q5_0R8;
-
-fn randn(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            let u1: f32 = rng.random_range(1e-7f32..1.0);
-            let u2: f32 = rng.random::<f32>();
-            (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos() * scale
-        })
-        .collect()
-}
 
 /// `rows` Q5_0 rows of `cols` values: quantized Gaussians, and every other row random bytes
 /// with finite scales (all 5th-bit patterns, not only the ones the quantizer emits).
