@@ -12,6 +12,7 @@
 //! - `x86::avx2` / `x86::avx512`: SIMD `vec_dot`s (see [`Isa`]).
 //! - `matmul`: quantize activations once, split rows over rayon (decode, small batches).
 //! - `gemm`: prefill GEMM over dequantized f32 panels with a register-tile microkernel.
+//! - `qgemm`: prefill GEMM for Q4_K / Q6_K in int8 (Q8_K activations) on unpacked panels.
 //! - `repack`: load-time repacking of Q5_0 rows into the decode-friendly `Q5_0R8` layout.
 
 mod attention;
@@ -21,6 +22,7 @@ mod gemm;
 mod isa;
 mod kquant;
 mod matmul;
+mod qgemm;
 mod repack;
 mod scalar;
 mod types;

@@ -11,8 +11,8 @@
 //!   error plus float noise.
 
 use qwen2_kernels::{
-    available_isas, dequantize_row, matmul_reference, matmul_with_isa, quantize_row, vec_dot,
-    vec_dot_with_isa, GgmlType, Isa, KernelError, QMatRef,
+    available_isas, dequantize_row, matmul_prompt_with_isa, matmul_reference, matmul_with_isa,
+    quantize_row, vec_dot, vec_dot_with_isa, GgmlType, Isa, KernelError, QMatRef,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -158,6 +158,19 @@ fn unavailable_isa_is_an_error_not_ub() {
 }
 
 fn check_matmul(ty: GgmlType, rows: usize, cols: usize, batch: usize, rng: &mut StdRng) {
+    check_product(matmul_with_isa, ty, rows, cols, batch, rng);
+}
+
+type Product = fn(Isa, &QMatRef, &[f32], usize, &mut [f32]) -> Result<(), KernelError>;
+
+fn check_product(
+    mm: Product,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    batch: usize,
+    rng: &mut StdRng,
+) {
     let vdt = ty.vec_dot_type();
     let mut data = Vec::new();
     for _ in 0..rows {
@@ -180,7 +193,7 @@ fn check_matmul(ty: GgmlType, rows: usize, cols: usize, batch: usize, rng: &mut 
         .collect();
     for isa in available_isas() {
         let mut got = vec![f32::NAN; batch * rows];
-        matmul_with_isa(isa, &w, &x, batch, &mut got).unwrap();
+        mm(isa, &w, &x, batch, &mut got).unwrap();
         for b in 0..batch {
             let xb = &x[b * cols..(b + 1) * cols];
             for r in 0..rows {
@@ -239,9 +252,31 @@ fn matmul_awkward_batches_and_rows() {
             check_matmul(ty, rows, cols, batch, &mut rng);
         }
     }
-    // k-blocked panels (cols > 1536).
+    // k-blocked panels (cols > 1536; the k-quants' integer GEMM blocks past 2048).
     check_matmul(GgmlType::Q4K, 7, 2560, 6, &mut rng);
+    check_matmul(GgmlType::Q4K, 7, 2560, 17, &mut rng);
+    check_matmul(GgmlType::Q6K, 5, 4864, 18, &mut rng);
     check_matmul(GgmlType::Q5_0, 4, 1600, 9, &mut rng);
+}
+
+#[test]
+fn prompt_rows_match_reference_at_every_batch() {
+    // `matmul_prompt` takes the GEMM (the k-quants' integer GEMM) for any batch, 1 included.
+    let mut rng = StdRng::seed_from_u64(31);
+    for ty in [GgmlType::Q4K, GgmlType::Q6K, GgmlType::Q5_0, GgmlType::Q8_0] {
+        let cols = if ty.block_size() == 32 { 96 } else { 512 };
+        for batch in 1..=9 {
+            check_product(
+                matmul_prompt_with_isa,
+                ty,
+                1 + batch % 5,
+                cols,
+                batch,
+                &mut rng,
+            );
+        }
+    }
+    check_product(matmul_prompt_with_isa, GgmlType::Q6K, 4, 3072, 3, &mut rng);
 }
 
 #[test]

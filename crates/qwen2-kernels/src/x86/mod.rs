@@ -4,4 +4,5 @@ pub(crate) mod avx2;
 pub(crate) mod avx2_attn;
 pub(crate) mod avx2_decode;
 pub(crate) mod avx2_gemm;
+pub(crate) mod avx2_qgemm;
 pub(crate) mod avx512;

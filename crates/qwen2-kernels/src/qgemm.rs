@@ -1,0 +1,736 @@
+//! Prompt-row integer GEMM for the k-quants (Q4_K, Q6_K): the int8 counterpart of the f32
+//! panel GEMM in `gemm`, which it replaces for these formats on AVX2.
+//!
+//! Why integer: a k-quant weight is `d * scale_j * q - offset_j` with small unsigned `q` and
+//! integer sub-block scales, so with activations quantized to 8 bits (Q8_K, one f32 scale per
+//! 256 values, as the decode path and llama.cpp do) a whole super-block's dot product is one
+//! exact i32 sum `sum_j scale_j * (q . a)_j`: `vpmaddubsw` + `vpmaddwd` (the latter applying
+//! the sub-block scales) do 32 multiply-adds in 2 instructions, twice the f32 FMA rate, and
+//! the weights stay 1 byte per value in the panel instead of 4.
+//!
+//! Decomposition, per weight row `r`, activation row `c` and super-block `s`:
+//! `W[r] . x[c] ~= sum_s dw[r][s] * da[c][s] * sumi[r][c][s] - sum_g off[r][g] * asum[c][g]`,
+//! where `sumi` is the integer dot of the unsigned quants with the int8 activations weighted
+//! by the 16-value group scales, `off` folds each group's constant (Q4_K: `dmin * m_j`; Q6_K:
+//! `32 * d * scale_g`, the `-32` bias of its quants) and `asum[c][g] = da * (sum of the 16
+//! int8 activations of group g)`. The second sum is an f32 GEMM with 1/16 of the depth and
+//! runs on the f32 tile microkernel of `gemm`.
+//!
+//! Panels: per task, a chunk of weight rows is unpacked once per k-block into `u8` quants in
+//! natural order, the 16 i16 group scales of each super-block (Q4_K's 8 scales each twice; the
+//! tile spreads a pair over a 32-value chunk's lanes) and the super-block scales; it is reused
+//! for every activation row.
+//!
+//! Batch invariance (issue 5): each output's operations depend on its weight row, its
+//! activation row and `cols` only (k-blocks fixed by `cols`, tails computed on duplicated
+//! rows and dropped), never on the batch, the tile or the thread count.
+//!
+//! Scalar twin: [`tile_scalar`], compared with the AVX2 tile in the unit tests; the whole
+//! product is checked against `matmul_reference` within the Q8_K activation error.
+
+use crate::gemm::{self, TILE_C, TILE_R};
+
+/// Weight rows per integer tile: 3 x 4 pairs (12 accumulators; the compiler spills a few of
+/// the 16 AVX2 registers, still measured ~1.3x faster than 2 x 4 on cache-resident operands).
+pub(crate) const QTILE_R: usize = 3;
+use crate::isa::Isa;
+use crate::matmul::{OutPtr, QMatRef};
+use crate::types::QK_K;
+use crate::{scalar, GgmlType};
+use rayon::prelude::*;
+
+/// Whether `ty` has an integer prompt GEMM (and the CPU path is not turned off with
+/// `QWEN2_NO_QGEMM=1`, for A/B benchmarks).
+pub(crate) fn supports(isa: Isa, ty: GgmlType) -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var_os("QWEN2_NO_QGEMM").is_some_and(|v| v == "1"));
+    format(ty).is_some() && kernels(isa).is_some() && !off
+}
+
+/// Where value `i` of block `b` lives in a 32-value-block panel or activation row: blocks in
+/// pairs, each pair as two 32-byte vectors `[b: 0..16 | b+1: 0..16]`, `[b: 16..32 | b+1: 16..32]`,
+/// so one tile pass folds two blocks into one vector whose 128-bit halves carry one block each
+/// (half the horizontal adds and float work per block; see `x86::avx2_qgemm::kernel32`).
+pub(crate) fn pos32(b: usize, i: usize) -> usize {
+    64 * (b / 2) + (i / 16) * 32 + 16 * (b % 2) + i % 16
+}
+
+/// How a format maps onto the integer tiles.
+#[derive(Clone, Copy)]
+struct Format {
+    /// Values per scale unit: a 256-value super-block (k-quants) or a 32-value block.
+    unit: usize,
+    /// Whether the unit has 16-value group scales (the k-quants' tile) or none (`tile32`).
+    kquant: bool,
+    /// Values per offset group (the quants' constant: Q4_K's mins, Q6_K's and Q5_0's bias).
+    group: usize,
+}
+
+fn format(ty: GgmlType) -> Option<Format> {
+    let (unit, kquant, group) = match ty {
+        GgmlType::Q4K => (QK_K, true, 32),
+        GgmlType::Q6K => (QK_K, true, 16),
+        GgmlType::Q5_0 | GgmlType::Q5_0R8 => (32, false, 32),
+        _ => return None,
+    };
+    Some(Format {
+        unit,
+        kquant,
+        group,
+    })
+}
+
+/// `dw * da * sumi` tile: `QTILE_R` panel rows against `TILE_C` activation rows over `nsb`
+/// scale units (k-quants: super-blocks, with `nsb * 16` i16 group scales per row; 32-value
+/// blocks: no group scales). Arguments: quants of each row (`nsb * unit` bytes), group
+/// scales, unit scales (`nsb`), activations (`nsb * unit` i8 each), and the activation scales
+/// transposed: `da[s * da_stride + c]` for the tile's 4 columns.
+pub(crate) type QTileFn = fn(&QTileArgs) -> [[f32; TILE_C]; QTILE_R];
+
+/// Operands of one [`QTileFn`] call (slices bound the unsafe SIMD reads).
+pub(crate) struct QTileArgs<'a> {
+    pub nsb: usize,
+    pub q: [&'a [u8]; QTILE_R],
+    pub sc: [&'a [i16]; QTILE_R],
+    pub dw: [&'a [f32]; QTILE_R],
+    pub a: [&'a [i8]; TILE_C],
+    pub da: &'a [f32],
+    pub da_stride: usize,
+    /// 32-value blocks only: `16 * (sum of the block's int8 activations)`, transposed like
+    /// `da` (`bias[s * da_stride + c]`), subtracted from each block's integer dot (the
+    /// `q - 16` of Q5_0 without a separate offset product).
+    pub bias: &'a [i32],
+}
+
+/// Unpacks one super-block (see [`unpack_block_scalar`]).
+type UnpackFn = fn(GgmlType, &[u8], &mut [u8], &mut [i16]) -> f32;
+/// Unpacks a Q5_0 / Q5_0R8 row piece of whole blocks (see [`unpack_q5_0_scalar`]).
+type Unpack32Fn = fn(GgmlType, &[u8], &mut [u8], &mut [f32]);
+
+#[derive(Clone, Copy)]
+struct Kernels {
+    tile: QTileFn,
+    unpack: UnpackFn,
+    tile32: QTileFn,
+    unpack32: Unpack32Fn,
+    quant32: Quant32Fn,
+}
+
+fn kernels(isa: Isa) -> Option<Kernels> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if isa >= Isa::Avx2 {
+            use crate::x86::avx2_qgemm;
+            return Some(Kernels {
+                tile: avx2_qgemm::tile,
+                unpack: avx2_qgemm::unpack_block,
+                tile32: avx2_qgemm::tile32,
+                unpack32: avx2_qgemm::unpack_q5_0,
+                quant32: avx2_qgemm::quant32,
+            });
+        }
+    }
+    let _ = isa;
+    None
+}
+
+/// Reference tile: the same integer sums, f32 accumulation in plain order.
+#[cfg(test)]
+pub(crate) fn tile_scalar(t: &QTileArgs) -> [[f32; TILE_C]; QTILE_R] {
+    let mut out = [[0.0f32; TILE_C]; QTILE_R];
+    for (r, o) in out.iter_mut().enumerate() {
+        for (c, v) in o.iter_mut().enumerate() {
+            for s in 0..t.nsb {
+                let mut sumi = 0i32;
+                for k in 0..QK_K {
+                    let i = s * QK_K + k;
+                    let scale = t.sc[r][s * 16 + k / 16] as i32;
+                    sumi += scale * t.q[r][i] as i32 * t.a[c][i] as i32;
+                }
+                *v += sumi as f32 * (t.dw[r][s] * t.da[s * t.da_stride + c]);
+            }
+        }
+    }
+    out
+}
+
+/// Reference 32-value-block tile: integer block dots, f32 accumulation in plain order.
+#[cfg(test)]
+pub(crate) fn tile32_scalar(t: &QTileArgs) -> [[f32; TILE_C]; QTILE_R] {
+    let mut out = [[0.0f32; TILE_C]; QTILE_R];
+    for (r, o) in out.iter_mut().enumerate() {
+        for (c, v) in o.iter_mut().enumerate() {
+            for b in 0..t.nsb {
+                let sumi: i32 = (0..32)
+                    .map(|i| t.q[r][pos32(b, i)] as i32 * t.a[c][pos32(b, i)] as i32)
+                    .sum::<i32>();
+                let at = (b / 2) * t.da_stride + 4 * (b % 2) + c;
+                *v += (sumi - t.bias[at]) as f32 * (t.dw[r][b] * t.da[at]);
+            }
+        }
+    }
+    out
+}
+
+/// Scalar twin of the Q5_0 / Q5_0R8 piece unpacker: the stored unsigned 5-bit quants (0..=31,
+/// the value is `d * (q - 16)`) in pair order ([`pos32`]), and each block's scale.
+#[cfg(test)]
+pub(crate) fn unpack_q5_0_scalar(ty: GgmlType, src: &[u8], q: &mut [u8], d: &mut [f32]) {
+    let nb = src.len() / 22;
+    for b in 0..nb {
+        let blk = if ty == GgmlType::Q5_0R8 {
+            crate::repack::q5_0_block(src, nb, b)
+        } else {
+            src[22 * b..22 * (b + 1)].try_into().expect("22-byte block")
+        };
+        d[b] = scalar::f16_at(&blk, 0);
+        let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+        for j in 0..16 {
+            let lo = blk[6 + j] & 0xF;
+            let hi = blk[6 + j] >> 4;
+            q[pos32(b, j)] = lo | ((((qh >> j) & 1) as u8) << 4);
+            q[pos32(b, j + 16)] = hi | ((((qh >> (j + 16)) & 1) as u8) << 4);
+        }
+    }
+}
+
+/// One 32-value activation block to int8 with scale `amax / 127`; returns the scale.
+type Quant32Fn = fn(&[f32], &mut [i8]) -> f32;
+
+/// Scalar twin of the SIMD 32-value quantizer (ggml's round-half-even `nearest_int`).
+#[cfg(test)]
+pub(crate) fn quant32_scalar(x: &[f32], q: &mut [i8]) -> f32 {
+    let amax = x[..32].iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    for (o, &v) in q[..32].iter_mut().zip(x) {
+        // |v * id| <= 127, so the cast never saturates.
+        *o = scalar::nearest_int(v * id) as i8;
+    }
+    amax / 127.0
+}
+
+/// Activation rows quantized to 8 bits per scale unit, split for the tile kernels.
+struct Acts {
+    /// `[batch][cols]` int8 values.
+    q: Vec<i8>,
+    /// Scales, columns padded to `bp` (a multiple of `TILE_C`) with zeros. k-quants:
+    /// `[units][bp]`; 32-value blocks: `[pairs][bp / 4][2][4]`, a tile's 4 columns of both
+    /// blocks of a pair contiguous (pair stride `2 * bp`).
+    d: Vec<f32>,
+    bp: usize,
+    /// k-quants: `[batch][cols / group]`: `d * (sum of each offset group's int8 values)`.
+    gsum: Vec<f32>,
+    /// 32-value blocks, laid out as `d`: `16 * (sum of the block's int8 values)`.
+    bias: Vec<i32>,
+    /// Bytes per activation row in `q` (32-value blocks: padded to whole pairs).
+    row: usize,
+}
+
+/// Quantizes each activation row on its own (batch invariance): per 256 values as Q8_K (the
+/// decode path's format, ggml's rounding) for the k-quants; per 32 values with an f32 scale
+/// `amax / 127` for 32-value blocks (Q8_0 without the f16 rounding of its scale).
+fn quantize_acts(x: &[f32], batch: usize, cols: usize, f: Format, quant32: Quant32Fn) -> Acts {
+    let nu = cols / f.unit;
+    // 32-value blocks: rows padded to whole block pairs (the pad block is zeros).
+    let nu2 = if f.kquant { nu } else { nu.next_multiple_of(2) };
+    let row = nu2 * f.unit;
+    // Per row: group sums (k-quants) or block biases (32-value blocks).
+    let ng = cols / f.group;
+    let bp = batch.div_ceil(TILE_C) * TILE_C;
+    let mut q = vec![0i8; batch * row];
+    let mut d_rows = vec![0.0f32; batch * nu];
+    let mut gsum = vec![0.0f32; batch * ng];
+    let mut bias_rows = vec![0i32; batch * ng];
+    q.par_chunks_mut(row)
+        .zip(d_rows.par_chunks_mut(nu))
+        .zip(gsum.par_chunks_mut(ng))
+        .zip(bias_rows.par_chunks_mut(ng))
+        .zip(x.par_chunks(cols))
+        .for_each(|((((q, d), gs), bs), x)| {
+            if f.kquant {
+                let mut blk = [0u8; 292];
+                for s in 0..nu {
+                    scalar::quantize(GgmlType::Q8K, &x[s * QK_K..(s + 1) * QK_K], &mut blk);
+                    d[s] = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
+                    for (o, &b) in q[s * QK_K..(s + 1) * QK_K].iter_mut().zip(&blk[4..260]) {
+                        *o = b as i8;
+                    }
+                    // Group sums from Q8_K's 16-value sums (exact in i32 and in f32).
+                    let per = f.group / 16;
+                    let gpb = QK_K / f.group;
+                    for (j, o) in gs[s * gpb..(s + 1) * gpb].iter_mut().enumerate() {
+                        let sum: i32 = (0..per)
+                            .map(|h| {
+                                let i = 260 + 2 * (j * per + h);
+                                i16::from_le_bytes([blk[i], blk[i + 1]]) as i32
+                            })
+                            .sum();
+                        *o = d[s] * sum as f32;
+                    }
+                }
+            } else {
+                let mut t = [0i8; 32];
+                for (b, (db, xb)) in d.iter_mut().zip(x.chunks_exact(32)).enumerate() {
+                    *db = quant32(xb, &mut t);
+                    let p = pos32(b, 0);
+                    q[p..p + 16].copy_from_slice(&t[..16]);
+                    q[p + 32..p + 48].copy_from_slice(&t[16..]);
+                    bs[b] = 16 * t.iter().map(|&v| v as i32).sum::<i32>();
+                }
+            }
+        });
+    let mut d = vec![0.0f32; nu2 * bp];
+    let mut bias = vec![0i32; if f.kquant { 0 } else { nu2 * bp }];
+    for c in 0..batch {
+        for s in 0..nu {
+            let at = if f.kquant {
+                s * bp + c
+            } else {
+                (s / 2) * 2 * bp + (c / 4) * 8 + (s % 2) * 4 + c % 4
+            };
+            d[at] = d_rows[c * nu + s];
+            if !f.kquant {
+                bias[at] = bias_rows[c * nu + s];
+            }
+        }
+    }
+    Acts {
+        q,
+        d,
+        bp,
+        gsum,
+        bias,
+        row,
+    }
+}
+
+/// Scalar twin of the SIMD unpackers: one super-block `b` into 256 unsigned quants in natural
+/// order and its 16 group scales; returns the super-block scale `d`.
+#[cfg(test)]
+pub(crate) fn unpack_block_scalar(ty: GgmlType, b: &[u8], q: &mut [u8], sc: &mut [i16]) -> f32 {
+    match ty {
+        GgmlType::Q4K => {
+            let (scales, _) = scalar::k4_scales_mins(&b[4..16]);
+            for j in 0..4 {
+                for l in 0..32 {
+                    let v = b[16 + 32 * j + l];
+                    q[64 * j + l] = v & 0xF;
+                    q[64 * j + 32 + l] = v >> 4;
+                }
+            }
+            for (g, v) in sc[..16].iter_mut().enumerate() {
+                *v = scales[g / 2] as i16;
+            }
+            scalar::f16_at(b, 0)
+        }
+        GgmlType::Q6K => {
+            let mut v = [0i8; QK_K];
+            scalar::q6k_unpack(b, &mut v);
+            for (o, &x) in q.iter_mut().zip(&v) {
+                *o = (x + 32) as u8;
+            }
+            for (g, v) in sc[..16].iter_mut().enumerate() {
+                *v = b[192 + g] as i8 as i16;
+            }
+            scalar::f16_at(b, 208)
+        }
+        _ => unreachable!("qgemm::supports admits Q4_K and Q6_K only"),
+    }
+}
+
+/// Per offset group of one k-quant weight row (`Format::group` values): the constant subtracted from each
+/// of its values, times the group's quant-independent factor (see the module comment).
+fn row_offsets(ty: GgmlType, row: &[u8], out: &mut [f32]) {
+    match ty {
+        GgmlType::Q4K => {
+            for (b, o) in row.chunks_exact(144).zip(out.chunks_exact_mut(8)) {
+                let dmin = scalar::f16_at(b, 2);
+                let (_, mins) = scalar::k4_scales_mins(&b[4..16]);
+                for (v, &m) in o.iter_mut().zip(&mins) {
+                    *v = dmin * m as f32;
+                }
+            }
+        }
+        GgmlType::Q6K => {
+            for (b, o) in row.chunks_exact(210).zip(out.chunks_exact_mut(16)) {
+                let d = scalar::f16_at(b, 208);
+                for (g, v) in o.iter_mut().enumerate() {
+                    *v = 32.0 * d * (b[192 + g] as i8) as f32;
+                }
+            }
+        }
+        _ => unreachable!("row_offsets: k-quants only"),
+    }
+}
+
+/// `out[b * rows + r] = W[r] . x[b]` for a matrix of a [`format`] (k-quant rows are whole
+/// super-blocks; Q5_0 rows whole blocks). Shapes were validated by the caller; `supports` holds.
+pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [f32]) {
+    let k = kernels(isa).expect("qgemm::supports was checked");
+    let f = format(w.ty).expect("qgemm::supports was checked");
+    let (offs_tile, _) = gemm::f32_kernels(isa);
+    let (rows, cols, ty) = (w.rows, w.cols, w.ty);
+    let nu = cols / f.unit;
+    let ng = if f.kquant { cols / f.group } else { 0 };
+    let acts = quantize_acts(x, batch, cols, f, k.quant32);
+    // k-blocks of 1024 values keep a tile's activations (4 KiB) in L1 when a row is longer
+    // than 2048; fixed by `cols` alone. (Q5_0R8 pieces must start at multiples of 8 blocks.)
+    let kb = if cols <= 2048 { nu } else { 1024 / f.unit };
+    // Panel units per row and k-block (32-value blocks: padded to whole pairs).
+    let kbp = if f.kquant { kb } else { kb.next_multiple_of(2) };
+    let scales = if f.kquant { 16 } else { 0 };
+    // Panel bytes per row and k-block: quants + group scales + unit scales.
+    let per_row = kbp * (f.unit + 2 * scales + 4);
+    let threads = rayon::current_num_threads().max(1);
+    let by_cache = ((128 << 10) / per_row).max(QTILE_R);
+    let by_par = rows.div_ceil(threads * 4).max(QTILE_R);
+    let chunk = (by_cache.min(by_par) / QTILE_R).max(1) * QTILE_R;
+    let n_chunks = rows.div_ceil(chunk);
+    let optr = OutPtr(out.as_mut_ptr());
+    let acts = &acts;
+    let tile = if f.kquant { k.tile } else { k.tile32 };
+    (0..n_chunks).into_par_iter().for_each(|ci| {
+        let r0 = ci * chunk;
+        let r1 = (r0 + chunk).min(rows);
+        let nr = r1 - r0;
+        let mut pq = vec![0u8; nr * kbp * f.unit];
+        let mut psc = vec![0i16; nr * kb * scales];
+        let mut pd = vec![0.0f32; nr * kbp];
+        // k-quants: the offsets over the whole depth, from the raw rows.
+        let mut po = vec![0.0f32; nr * ng];
+        // The chunk's results, `[batch][nr]`, summed over k-blocks here (contiguous, cache
+        // resident) and stored to `out` once.
+        let mut res = vec![0.0f32; batch * nr];
+        let ts = ty.type_size();
+        let mut s0 = 0;
+        while s0 < nu {
+            let s1 = (s0 + kb).min(nu);
+            let ns = s1 - s0;
+            // 32-value blocks: an odd last block pairs with a zero block (q = 0, d = 0).
+            let nsp = if f.kquant { ns } else { ns.next_multiple_of(2) };
+            for r in 0..nr {
+                let row = w.row(r0 + r);
+                let (q, d) = (&mut pq[r * kbp * f.unit..], &mut pd[r * kbp..(r + 1) * kbp]);
+                if f.kquant {
+                    for s in s0..s1 {
+                        let i = s - s0;
+                        d[i] = (k.unpack)(
+                            ty,
+                            &row[s * ts..(s + 1) * ts],
+                            &mut q[i * QK_K..(i + 1) * QK_K],
+                            &mut psc[(r * kb + i) * 16..(r * kb + i + 1) * 16],
+                        );
+                    }
+                } else {
+                    q[..nsp * 32].fill(0);
+                    d[ns..nsp].fill(0.0);
+                    (k.unpack32)(ty, &row[s0 * ts..s1 * ts], &mut q[..nsp * 32], &mut d[..ns]);
+                }
+            }
+            let mut c0 = 0;
+            while c0 < batch {
+                let nc = (batch - c0).min(TILE_C);
+                // Columns past the batch repeat its last row; their results are dropped.
+                let a: [&[i8]; TILE_C] = std::array::from_fn(|i| {
+                    let c = c0 + i.min(nc - 1);
+                    &acts.q[c * acts.row + s0 * f.unit..c * acts.row + (s0 + nsp) * f.unit]
+                });
+                let (at, da_stride) = if f.kquant {
+                    (s0 * acts.bp + c0, acts.bp)
+                } else {
+                    (s0 / 2 * 2 * acts.bp + 2 * c0, 2 * acts.bp)
+                };
+                let da = &acts.d[at..];
+                let bias = &acts.bias[at.min(acts.bias.len())..];
+                let mut rt = 0;
+                while rt < nr {
+                    let ri: [usize; QTILE_R] = std::array::from_fn(|i| (rt + i).min(nr - 1));
+                    let args = QTileArgs {
+                        nsb: nsp,
+                        q: ri.map(|r| &pq[r * kbp * f.unit..(r * kbp + nsp) * f.unit]),
+                        sc: ri.map(|r| &psc[r * kb * scales..(r * kb + ns) * scales]),
+                        dw: ri.map(|r| &pd[r * kbp..r * kbp + nsp]),
+                        a,
+                        da,
+                        da_stride,
+                        bias,
+                    };
+                    let t = tile(&args);
+                    for (i, tr) in t.iter().enumerate().take((nr - rt).min(QTILE_R)) {
+                        for (c, &v) in tr.iter().enumerate().take(nc) {
+                            res[(c0 + c) * nr + rt + i] += v;
+                        }
+                    }
+                    rt += QTILE_R;
+                }
+                c0 += nc;
+            }
+            s0 = s1;
+        }
+        let store = |res: &[f32]| {
+            for (c, rc) in res.chunks_exact(nr).enumerate() {
+                // SAFETY: c < batch and r0 + nr <= rows, so the span is inside `out` (len ==
+                // batch * rows, checked by the caller); row chunks are disjoint across tasks,
+                // and `out` is mutably borrowed for the whole parallel section.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(rc.as_ptr(), optr.get().add(c * rows + r0), nr)
+                };
+            }
+        };
+        // k-quants' offsets: an f32 product of depth cols / group, subtracted last.
+        if !f.kquant {
+            store(&res);
+            return;
+        }
+        for r in 0..nr {
+            row_offsets(ty, w.row(r0 + r), &mut po[r * ng..(r + 1) * ng]);
+        }
+        let mut c0 = 0;
+        while c0 < batch {
+            let nc = (batch - c0).min(TILE_C);
+            let xs: Vec<&[f32]> = (c0..c0 + nc)
+                .map(|c| &acts.gsum[c * ng..(c + 1) * ng])
+                .collect();
+            let mut rt = 0;
+            while rt < nr {
+                let wr: [&[f32]; TILE_R] = std::array::from_fn(|i| {
+                    let r = (rt + i).min(nr - 1);
+                    &po[r * ng..(r + 1) * ng]
+                });
+                let t = offs_tile(ng, wr, &xs);
+                for (i, tr) in t.iter().enumerate().take((nr - rt).min(TILE_R)) {
+                    for (c, &v) in tr.iter().enumerate().take(nc) {
+                        res[(c0 + c) * nr + rt + i] -= v;
+                    }
+                }
+                rt += TILE_R;
+            }
+            c0 += nc;
+        }
+        store(&res);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::isa::available_isas;
+
+    fn lcg(seed: &mut u64) -> u64 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *seed >> 33
+    }
+
+    #[test]
+    fn simd_unpack_matches_scalar_twin() {
+        let mut seed = 9;
+        for isa in available_isas() {
+            let Some(Kernels { unpack, .. }) = kernels(isa) else {
+                continue;
+            };
+            for ty in [GgmlType::Q4K, GgmlType::Q6K] {
+                for _ in 0..20 {
+                    let b: Vec<u8> = (0..ty.type_size()).map(|_| lcg(&mut seed) as u8).collect();
+                    let (mut q1, mut q2) = (vec![0u8; QK_K], vec![1u8; QK_K]);
+                    let (mut s1, mut s2) = (vec![0i16; 16], vec![1i16; 16]);
+                    let d1 = unpack_block_scalar(ty, &b, &mut q1, &mut s1);
+                    let d2 = unpack(ty, &b, &mut q2, &mut s2);
+                    assert_eq!((q1, s1), (q2, s2), "{ty} {isa:?}");
+                    assert_eq!(d1.to_bits(), d2.to_bits(), "{ty} {isa:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_q5_0_unpack_matches_scalar_twin() {
+        let mut seed = 13;
+        for isa in available_isas() {
+            let Some(Kernels { unpack32, .. }) = kernels(isa) else {
+                continue;
+            };
+            // Row lengths with full groups of 8, a group of 4 and plain tail blocks.
+            for nb in [1usize, 3, 4, 7, 8, 13, 28, 32, 37] {
+                let x: Vec<f32> = (0..nb * 32)
+                    .map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0)
+                    .collect();
+                let mut plain = vec![0u8; nb * 22];
+                scalar::quantize(GgmlType::Q5_0, &x, &mut plain);
+                let mut r8 = vec![0u8; nb * 22];
+                crate::repack_row(GgmlType::Q5_0, nb * 32, &plain, &mut r8).unwrap();
+                for (ty, src) in [(GgmlType::Q5_0, &plain), (GgmlType::Q5_0R8, &r8)] {
+                    let n2 = nb.next_multiple_of(2) * 32;
+                    let (mut q1, mut q2) = (vec![0u8; n2], vec![0u8; n2]);
+                    let (mut d1, mut d2) = (vec![0.0f32; nb], vec![9.0f32; nb]);
+                    unpack_q5_0_scalar(ty, src, &mut q1, &mut d1);
+                    unpack32(ty, src, &mut q2, &mut d2);
+                    assert_eq!((&q1, &d1), (&q2, &d2), "{ty} {isa:?} nb={nb}");
+                    // The unpacked values are the format's own: d * (q - 16).
+                    let mut v = vec![0.0f32; nb * 32];
+                    scalar::dequantize(ty, src, &mut v);
+                    for (i, &e) in v.iter().enumerate() {
+                        let qv = q1[pos32(i / 32, i % 32)] as f32;
+                        assert_eq!(d1[i / 32] * (qv - 16.0), e, "{ty} value {i}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_quant32_matches_scalar_twin() {
+        let mut seed = 19;
+        for isa in available_isas() {
+            let Some(Kernels { quant32, .. }) = kernels(isa) else {
+                continue;
+            };
+            for case in 0..200 {
+                let scale = [1e-3f32, 1.0, 37.0, 0.0][case % 4];
+                let x: Vec<f32> = (0..32)
+                    .map(|_| ((lcg(&mut seed) % 20001) as f32 / 10000.0 - 1.0) * scale)
+                    .collect();
+                let (mut q1, mut q2) = ([0i8; 32], [1i8; 32]);
+                let d1 = quant32_scalar(&x, &mut q1);
+                let d2 = quant32(&x, &mut q2);
+                assert_eq!(
+                    (q1, d1.to_bits()),
+                    (q2, d2.to_bits()),
+                    "{isa:?} case {case}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn simd_tile32_matches_scalar_twin() {
+        let mut seed = 17;
+        for isa in available_isas() {
+            let Some(Kernels { tile32, .. }) = kernels(isa) else {
+                continue;
+            };
+            for nsb in [2usize, 4, 10, 28] {
+                let n = nsb * 32;
+                let q: Vec<Vec<u8>> = (0..QTILE_R)
+                    .map(|_| (0..n).map(|_| (lcg(&mut seed) % 32) as u8).collect())
+                    .collect();
+                let dw: Vec<Vec<f32>> = (0..QTILE_R)
+                    .map(|_| {
+                        (0..nsb)
+                            .map(|_| (lcg(&mut seed) % 100) as f32 * 1e-4)
+                            .collect()
+                    })
+                    .collect();
+                // Extreme activations included: every lane at +-127 must not overflow.
+                let a: Vec<Vec<i8>> = (0..TILE_C)
+                    .map(|c| {
+                        (0..n)
+                            .map(|_| match c {
+                                0 => 127,
+                                1 => -127,
+                                _ => ((lcg(&mut seed) % 255) as i32 - 127) as i8,
+                            })
+                            .collect()
+                    })
+                    .collect();
+                // Pair stride 2 * bp with bp = 8 columns: this tile's 8 values then 8 others.
+                let stride = 16;
+                let da: Vec<f32> = (0..nsb / 2 * stride)
+                    .map(|_| (lcg(&mut seed) % 100) as f32 * 1e-3)
+                    .collect();
+                let bias: Vec<i32> = (0..nsb / 2 * stride)
+                    .map(|_| (lcg(&mut seed) % 8129) as i32 - 4064)
+                    .collect();
+                let args = QTileArgs {
+                    nsb,
+                    bias: &bias,
+                    q: std::array::from_fn(|r| &q[r][..]),
+                    sc: [&[]; QTILE_R],
+                    dw: std::array::from_fn(|r| &dw[r][..]),
+                    a: std::array::from_fn(|c| &a[c][..]),
+                    da: &da,
+                    da_stride: stride,
+                };
+                let (got, want) = (tile32(&args), tile32_scalar(&args));
+                for r in 0..QTILE_R {
+                    for c in 0..TILE_C {
+                        let (g, e) = (got[r][c], want[r][c]);
+                        assert!(
+                            (g - e).abs() <= 1e-5 * e.abs().max(1.0),
+                            "{isa:?} nsb={nsb} [{r}][{c}]: {g} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_tile_matches_scalar_twin() {
+        let mut seed = 5;
+        for isa in available_isas() {
+            let Some(Kernels { tile, .. }) = kernels(isa) else {
+                continue;
+            };
+            for nsb in [1usize, 2, 4, 7] {
+                for q6 in [false, true] {
+                    let n = nsb * QK_K;
+                    let qmax = if q6 { 64 } else { 16 };
+                    let q: Vec<Vec<u8>> = (0..QTILE_R)
+                        .map(|_| (0..n).map(|_| (lcg(&mut seed) % qmax) as u8).collect())
+                        .collect();
+                    // Q4_K: unsigned 6-bit scales in equal pairs; Q6_K: signed 8-bit per 16.
+                    let sc: Vec<Vec<i16>> = (0..QTILE_R)
+                        .map(|_| {
+                            let mut v: Vec<i16> = (0..nsb * 16)
+                                .map(|_| (lcg(&mut seed) % 256) as i16 - 128)
+                                .collect();
+                            if !q6 {
+                                for g in 0..nsb * 16 {
+                                    v[g] = v[g & !1].rem_euclid(64);
+                                }
+                            }
+                            v
+                        })
+                        .collect();
+                    let dw: Vec<Vec<f32>> = (0..QTILE_R)
+                        .map(|_| {
+                            (0..nsb)
+                                .map(|_| (lcg(&mut seed) % 100) as f32 * 1e-4)
+                                .collect()
+                        })
+                        .collect();
+                    let a: Vec<Vec<i8>> = (0..TILE_C)
+                        .map(|_| (0..n).map(|_| (lcg(&mut seed) % 255) as i8).collect())
+                        .collect();
+                    let stride = TILE_C + 3;
+                    let da: Vec<f32> = (0..nsb * stride)
+                        .map(|_| (lcg(&mut seed) % 100) as f32 * 1e-3)
+                        .collect();
+                    let args = QTileArgs {
+                        nsb,
+                        q: std::array::from_fn(|r| &q[r][..]),
+                        sc: std::array::from_fn(|r| &sc[r][..]),
+                        dw: std::array::from_fn(|r| &dw[r][..]),
+                        a: std::array::from_fn(|c| &a[c][..]),
+                        da: &da,
+                        da_stride: stride,
+                        bias: &[],
+                    };
+                    let got = tile(&args);
+                    let want = tile_scalar(&args);
+                    for r in 0..QTILE_R {
+                        for c in 0..TILE_C {
+                            let (g, e) = (got[r][c], want[r][c]);
+                            assert!(
+                                (g - e).abs() <= 1e-5 * e.abs().max(1.0),
+                                "{isa:?} nsb={nsb} q6={q6} [{r}][{c}]: {g} vs {e}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
