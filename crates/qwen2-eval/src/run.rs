@@ -172,9 +172,14 @@ impl Runner<'_> {
         });
         // Only with --chat, so that folders of plain runs keep resuming. Chat prompts are
         // rendered as lm-eval renders them ("lm-eval-0.4.13"); folders of earlier chat runs
-        // (the whole prompt as one user turn) are refused rather than mixed.
+        // (the whole prompt as one user turn) are refused rather than mixed. MATH and MBPP
+        // examples became turns later ("…-gen-turns").
         if self.cfg.chat {
-            s["chat_format"] = json!("lm-eval-0.4.13");
+            let format = match task {
+                Task::Math | Task::Math500 | Task::Mbpp => "lm-eval-0.4.13-gen-turns",
+                _ => "lm-eval-0.4.13",
+            };
+            s["chat_format"] = json!(format);
             s["fewshot_as_multiturn"] = json!(self.cfg.fewshot_as_multiturn);
         }
         s
@@ -254,7 +259,7 @@ impl Runner<'_> {
                     .into_iter()
                     .map(|doc| GenItem {
                         id: doc.task_id.clone(),
-                        prompt: tasks::FewShotPrompt::single(doc.prompt.clone()),
+                        prompt: tasks::humaneval::fewshot_prompt(&doc),
                         check: Check::HumanEval(Box::new(doc)),
                     })
                     .collect(),
@@ -271,7 +276,7 @@ impl Runner<'_> {
                         .enumerate()
                         .map(|(i, doc)| GenItem {
                             id: i.to_string(),
-                            prompt: tasks::FewShotPrompt::single(tasks::math::prompt(doc, k)),
+                            prompt: tasks::math::fewshot_prompt(doc, k),
                             check: Check::Math(doc.answer.clone()),
                         })
                         .collect(),
@@ -284,7 +289,7 @@ impl Runner<'_> {
                         .into_iter()
                         .map(|doc| GenItem {
                             id: doc.task_id.to_string(),
-                            prompt: tasks::FewShotPrompt::single(tasks::mbpp::prompt(&doc, k)),
+                            prompt: tasks::mbpp::fewshot_prompt(&doc, k),
                             check: Check::Mbpp(Box::new(doc)),
                         })
                         .collect(),

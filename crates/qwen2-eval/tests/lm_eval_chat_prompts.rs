@@ -1,6 +1,7 @@
 //! `--chat` prompts against lm-evaluation-harness's `--apply_chat_template` ones: item 0 of
-//! MMLU, GSM8K, ARC-Challenge, HellaSwag and Winogrande (whose choices are contexts), rendered
-//! with the Qwen2.5 chat template, few-shot examples
+//! MMLU, GSM8K, ARC-Challenge, HellaSwag and Winogrande (whose choices are contexts), and of
+//! the generation tasks MATH, MATH-500, MBPP and HumanEval (with their stop strings),
+//! rendered with the Qwen2.5 chat template, few-shot examples
 //! as separate turns (`--fewshot_as_multiturn`) and in one user turn. The expected strings
 //! were made by lm-eval itself (fixtures/eval/lm_eval_chat_prompts.json, by
 //! scripts/fixtures/lm_eval_chat_prompts.py). Needs the pulled data (`qwen2 data pull`).
@@ -25,8 +26,8 @@ fn qwen25_template() -> ChatTemplate {
     ChatTemplate::new(cfg["chat_template"].as_str().expect("chat_template")).unwrap()
 }
 
-/// lm-eval's requests for `task` in one mode: [(context, continuation)].
-fn expected(task: &str, multiturn: bool) -> Vec<(String, Option<String>)> {
+/// lm-eval's requests for `task` in one mode, as JSON.
+fn requests(task: &str, multiturn: bool) -> Vec<Json> {
     let doc: Json = serde_json::from_str(&repo_file("fixtures/eval/lm_eval_chat_prompts.json"))
         .expect("fixture JSON");
     let t = doc["tasks"]
@@ -35,9 +36,12 @@ fn expected(task: &str, multiturn: bool) -> Vec<(String, Option<String>)> {
         .iter()
         .find(|t| t["task"] == task && t["fewshot_as_multiturn"] == multiturn)
         .unwrap_or_else(|| panic!("{task} not in the fixture"));
-    t["requests"]
-        .as_array()
-        .unwrap()
+    t["requests"].as_array().unwrap().clone()
+}
+
+/// lm-eval's requests for `task` in one mode: [(context, continuation)].
+fn expected(task: &str, multiturn: bool) -> Vec<(String, Option<String>)> {
+    requests(task, multiturn)
         .iter()
         .map(|r| {
             (
@@ -46,6 +50,28 @@ fn expected(task: &str, multiturn: bool) -> Vec<(String, Option<String>)> {
             )
         })
         .collect()
+}
+
+/// A generation task's item 0: the rendered prompt in both modes, and the stop strings
+/// (lm-eval's `until`; its HFLM adds the eos text, which our generation stops at as an id).
+fn check_gen(task: &str, prompt: &FewShotPrompt, stop: &[&str]) {
+    let tpl = qwen25_template();
+    for multiturn in [true, false] {
+        let want = requests(task, multiturn);
+        assert_eq!(want.len(), 1, "{task}");
+        assert_eq!(
+            render_chat(&tpl, prompt, multiturn).unwrap(),
+            want[0]["context"].as_str().unwrap(),
+            "{task} multiturn={multiturn}"
+        );
+        let until: Vec<&str> = want[0]["until"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        assert_eq!(until, stop, "{task} stop strings");
+    }
 }
 
 fn check_mc(task: &str, item: &McItem) {
@@ -103,16 +129,47 @@ fn gsm8k_chat_prompt_is_lm_evals() {
     let d = DataDir::new(data_root());
     let doc = &d.gsm8k_test().unwrap()[0];
     let prompt: FewShotPrompt = tasks::gsm8k::fewshot_prompt(doc, 4);
-    let tpl = qwen25_template();
-    for multiturn in [true, false] {
-        let want = expected("gsm8k", multiturn);
-        assert_eq!(want.len(), 1);
-        assert_eq!(
-            render_chat(&tpl, &prompt, multiturn).unwrap(),
-            want[0].0,
-            "multiturn={multiturn}"
-        );
-    }
+    check_gen("gsm8k", &prompt, &tasks::gsm8k::STOP);
+}
+
+#[test]
+fn math_chat_prompt_is_lm_evals() {
+    let d = DataDir::new(data_root());
+    // Our `math` item 0 is lm-eval's minerva_math_algebra document 0.
+    let doc = &d.math_test().unwrap()[0];
+    check_gen(
+        "math",
+        &tasks::math::fewshot_prompt(doc, 4),
+        &tasks::math::STOP,
+    );
+    let doc = &d.math500().unwrap()[0];
+    check_gen(
+        "math500",
+        &tasks::math::fewshot_prompt(doc, 4),
+        &tasks::math::STOP,
+    );
+}
+
+#[test]
+fn mbpp_chat_prompt_is_lm_evals() {
+    let d = DataDir::new(data_root());
+    let doc = &d.mbpp_test().unwrap()[0];
+    check_gen(
+        "mbpp",
+        &tasks::mbpp::fewshot_prompt(doc, 3),
+        &tasks::mbpp::STOP,
+    );
+}
+
+#[test]
+fn humaneval_chat_prompt_is_lm_evals() {
+    let d = DataDir::new(data_root());
+    let doc = &d.humaneval().unwrap()[0];
+    check_gen(
+        "humaneval",
+        &tasks::humaneval::fewshot_prompt(doc),
+        &tasks::humaneval::STOP,
+    );
 }
 
 #[test]
@@ -125,4 +182,15 @@ fn plain_prompt_is_the_text_of_the_same_turns() {
         tasks::gsm8k::fewshot_prompt(doc, 4).text(),
         tasks::gsm8k::prompt(doc, 4)
     );
+    // MATH's and MBPP's plain prompts (checked against lm-eval in math_mbpp.rs) are the text
+    // of their turns too, MBPP's with its empty target delimiter.
+    let doc = &d.math_test().unwrap()[0];
+    assert_eq!(
+        tasks::math::fewshot_prompt(doc, 4).text(),
+        tasks::math::prompt(doc, 4)
+    );
+    let doc = &d.mbpp_test().unwrap()[0];
+    let p = tasks::mbpp::fewshot_prompt(doc, 3);
+    assert_eq!(p.text(), tasks::mbpp::prompt(doc, 3));
+    assert!(p.text().contains("[BEGIN]\ndef similar_elements"));
 }

@@ -1,7 +1,10 @@
 //! Our MATH answer equivalence against lm-eval's own `is_equiv` (sympy `parse_latex` +
 //! `simplify`), on the verdicts recorded in fixtures/eval/math_equiv.json by
 //! scripts/fixtures/math_equiv.py: hand-picked pairs, and all 5000 MATH test reference answers
-//! (whether sympy parses each, and sympy's own LaTeX printing of it compared back to it).
+//! (whether sympy parses each, and sympy's own LaTeX printing of it compared back to it). The
+//! references are the targets `qwen2 eval` scores against, lm-eval 0.4.13's `process_docs`
+//! answers recomputed from the solutions (87 differ from the OLMES dumps' stored `answer`;
+//! MATH-500's problems are among the 5000).
 
 use qwen2_eval::tasks::math_equiv::{equivalent, is_equiv, parse, Parsed};
 use serde_json::Value as Json;
@@ -53,6 +56,11 @@ fn agrees_with_sympy_on_the_math_test_references() {
     let doc = fixture();
     let refs = doc["references"].as_array().expect("references");
     assert_eq!(refs.len(), 5000);
+    assert_eq!(
+        doc["references_source"],
+        "lm-eval 0.4.13 process_docs target, from the solution"
+    );
+    assert_eq!(doc["stored_differs"], 87);
     let (mut ours, mut sympy, mut parse_diff) = (0, 0, Vec::new());
     let mut twin_diff = Vec::new();
     for r in refs {

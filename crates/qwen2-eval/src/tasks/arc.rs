@@ -17,6 +17,7 @@ pub fn prompt(doc: &ArcDoc, shots: &[&ArcDoc]) -> FewShotPrompt {
             .map(|ex| (doc_to_text(ex), ex.choices[ex.gold].clone()))
             .collect(),
         question: doc_to_text(doc),
+        ..FewShotPrompt::default()
     }
 }
 

@@ -46,6 +46,7 @@ pub fn fewshot_prompt(doc: &Gsm8kDoc, k: usize) -> FewShotPrompt {
             .map(|(q, a)| (doc_to_text(q), a.to_string()))
             .collect(),
         question: doc_to_text(&doc.question),
+        ..FewShotPrompt::default()
     }
 }
 

@@ -42,6 +42,7 @@ pub fn prompt(doc: &HellaswagDoc, shots: &[&HellaswagDoc]) -> FewShotPrompt {
             .map(|ex| (ex.query.clone(), ex.choices[ex.gold].clone()))
             .collect(),
         question: doc.query.clone(),
+        ..FewShotPrompt::default()
     }
 }
 

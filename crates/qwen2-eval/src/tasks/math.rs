@@ -23,7 +23,7 @@ use std::sync::OnceLock;
 use regex::Regex;
 
 use crate::data::MathDoc;
-use crate::tasks::{FEWSHOT_DELIMITER, TARGET_DELIMITER};
+use crate::tasks::FewShotPrompt;
 
 /// lm-eval's `list_fewshot_samples()` (problem, solution), in its order (`sampler: first_n`).
 /// The literals are lm-eval's Python ones: `\\` is one backslash, `\n` a newline.
@@ -53,17 +53,24 @@ pub fn doc_to_text(problem: &str) -> String {
     format!("Problem:\n{problem}\n\nSolution:")
 }
 
-/// The prompt with the first `k` exemplars (at most 4).
-pub fn prompt(doc: &MathDoc, k: usize) -> String {
-    let mut s = String::new();
-    for (p, sol) in EXEMPLARS.iter().take(k) {
-        s.push_str(&doc_to_text(p));
-        s.push_str(TARGET_DELIMITER);
-        s.push_str(sol);
-        s.push_str(FEWSHOT_DELIMITER);
+/// The prompt with the first `k` exemplars (at most 4), before rendering: each exemplar's
+/// `doc_to_text` as the question and its whole solution as the answer (lm-eval's
+/// `doc_to_target` for few-shot samples), target delimiter " ".
+pub fn fewshot_prompt(doc: &MathDoc, k: usize) -> FewShotPrompt {
+    FewShotPrompt {
+        shots: EXEMPLARS
+            .iter()
+            .take(k)
+            .map(|(p, sol)| (doc_to_text(p), sol.to_string()))
+            .collect(),
+        question: doc_to_text(&doc.problem),
+        ..FewShotPrompt::default()
     }
-    s.push_str(&doc_to_text(&doc.problem));
-    s
+}
+
+/// The plain-text prompt with the first `k` exemplars (at most 4).
+pub fn prompt(doc: &MathDoc, k: usize) -> String {
+    fewshot_prompt(doc, k).text()
 }
 
 /// lm-eval's `get_unnormalized_answer`: what follows "Final Answer: The final answer is", up
@@ -536,15 +543,66 @@ mod tests {
         assert!(!judge("no answer", "16").exact_match_boxed);
     }
 
-    #[test]
-    fn prompt_format() {
-        let d = MathDoc {
+    fn doc() -> MathDoc {
+        MathDoc {
             problem: "What is $1+1$?".into(),
             solution: "$\\boxed{2}$".into(),
             answer: "2".into(),
             level: serde_json::Value::Null,
             kind: serde_json::Value::Null,
-        };
+        }
+    }
+
+    #[test]
+    fn chat_turns_are_lm_evals() {
+        // `--chat`: each exemplar is a user turn (its "Problem:…Solution:") and an assistant
+        // turn (the whole solution, no delimiter), as lm-eval's `build_qa_turn` makes them;
+        // without multiturn, the plain prompt is one user turn. (Byte-for-byte against lm-eval
+        // in tests/lm_eval_chat_prompts.rs.)
+        let p = fewshot_prompt(&doc(), 2);
+        let m = p.messages(true);
+        let roles: Vec<&str> = m.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["user", "assistant", "user", "assistant", "user"]);
+        assert_eq!(m[0].content, doc_to_text(EXEMPLARS[0].0));
+        assert_eq!(m[1].content, EXEMPLARS[0].1);
+        assert_eq!(m[4].content, "Problem:\nWhat is $1+1$?\n\nSolution:");
+        let single = p.messages(false);
+        assert_eq!(single.len(), 1);
+        assert_eq!(single[0].content, prompt(&doc(), 2));
+    }
+
+    #[test]
+    fn judging_chat_style_outputs() {
+        // lm-eval's `process_results` gives the same `exact_match` verdicts on these texts.
+        // Under a chat template the answer starts the assistant turn (no leading space) and
+        // instruct models write display math and markdown; generation ends at the eos id
+        // (`<|im_end|>`, not in the text) or is cut before "Problem:".
+        let g = "To find the vertical asymptotes, we factor the denominator:\n\\[\nx^2+x-6=(x-2)(x+3)\n\\]\nSo there are $\\boxed{2}$ vertical asymptotes.\nFinal Answer: The final answer is $2$. I hope it is correct.";
+        let j = judge(g, "2");
+        assert_eq!(j.answer.as_deref(), Some("2"));
+        assert!(j.exact_match && j.exact_match_boxed, "{j:?}");
+        // A display-math box and no "Final Answer" line: only the boxed fallback finds it.
+        let g = "The answer is:\n\\[\n\\boxed{\\frac{1}{2}}\n\\]";
+        let j = judge(g, "\\frac{1}{2}");
+        assert_eq!(j.answer, None);
+        assert!(!j.exact_match && j.exact_match_boxed, "{j:?}");
+        // Markdown bold breaks lm-eval's "Final Answer: The final answer is" regex (so it
+        // breaks ours); the box still counts for exact_match_boxed.
+        let g = "**Final Answer:** The final answer is $\\boxed{16}$. I hope it is correct.";
+        let j = judge(g, "16");
+        assert_eq!(extract_final_answer(g), None);
+        assert!(!j.exact_match && j.exact_match_boxed, "{j:?}");
+        // An answer wrapped in \( \) instead of $ $ is not unwrapped by the normalizer and
+        // does not parse, so lm-eval scores it wrong; so do we.
+        let g = "Final Answer: The final answer is \\(-\\frac{2}{3}\\). I hope it is correct.";
+        let j = judge(g, "-\\frac{2}{3}");
+        assert_eq!(j.answer.as_deref(), Some("\\(-\\frac{2}{3}\\)"));
+        assert!(!j.exact_match, "{j:?}");
+    }
+
+    #[test]
+    fn prompt_format() {
+        let d = doc();
         assert_eq!(prompt(&d, 0), "Problem:\nWhat is $1+1$?\n\nSolution:");
         assert_eq!(
             prompt(&d, 1),

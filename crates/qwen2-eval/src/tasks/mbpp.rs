@@ -8,7 +8,7 @@
 //! `test_setup_code` is not run (one test problem, task 367, has one).
 
 use crate::data::MbppDoc;
-use crate::tasks::FEWSHOT_DELIMITER;
+use crate::tasks::FewShotPrompt;
 
 /// One exemplar: (task_id, text, code, tests), lm-eval's literals (its `\r\n` kept).
 pub type Exemplar = (u64, &'static str, &'static str, [&'static str; 3]);
@@ -61,19 +61,25 @@ pub fn doc_to_text(text: &str, tests: &[&str]) -> String {
     )
 }
 
-/// The prompt with the first `k` exemplars (at most 3).
-pub fn prompt(doc: &MbppDoc, k: usize) -> String {
-    let mut s = String::new();
-    for (_, text, code, tests) in EXEMPLARS.iter().take(k) {
-        s.push_str(&doc_to_text(text, tests));
-        // target_delimiter is "" for this task.
-        s.push_str(code);
-        s.push_str("\n[DONE]");
-        s.push_str(FEWSHOT_DELIMITER);
-    }
+/// The prompt with the first `k` exemplars (at most 3), before rendering: each exemplar's
+/// `doc_to_text` as the question and "{code}\n[DONE]" as the answer, target delimiter "".
+pub fn fewshot_prompt(doc: &MbppDoc, k: usize) -> FewShotPrompt {
     let tests: Vec<&str> = doc.test_list.iter().map(String::as_str).collect();
-    s.push_str(&doc_to_text(&doc.text, &tests));
-    s
+    FewShotPrompt {
+        shots: EXEMPLARS
+            .iter()
+            .take(k)
+            .map(|(_, text, code, tests)| (doc_to_text(text, tests), format!("{code}\n[DONE]")))
+            .collect(),
+        question: doc_to_text(&doc.text, &tests),
+        target_delimiter: "",
+        ..FewShotPrompt::default()
+    }
+}
+
+/// The plain-text prompt with the first `k` exemplars (at most 3).
+pub fn prompt(doc: &MbppDoc, k: usize) -> String {
+    fewshot_prompt(doc, k).text()
 }
 
 /// The program whose exit status decides the item: the completion, then every test assert.
@@ -119,6 +125,43 @@ assert remove_Occ(\"hello\",\"l\") == \"heo\"\nassert remove_Occ(\"abcda\",\"a\"
         assert_eq!(p3.matches("[BEGIN]\n").count(), 4);
         assert_eq!(p3.matches("\n[DONE]\n\n").count(), 3);
         assert_eq!(prompt(&d, 9), p3);
+    }
+
+    #[test]
+    fn chat_turns_are_lm_evals() {
+        // `--chat`: each exemplar is a user turn (its task text ending "[BEGIN]\n") and an
+        // assistant turn ("{code}\n[DONE]"); the target delimiter "" only joins them in plain
+        // text (one user turn without multiturn). Byte-for-byte against lm-eval in
+        // tests/lm_eval_chat_prompts.rs.
+        let d = doc();
+        let p = fewshot_prompt(&d, 3);
+        let m = p.messages(true);
+        assert_eq!(m.len(), 7);
+        let (_, text, code, tests) = EXEMPLARS[1];
+        assert_eq!(
+            (m[2].role.as_str(), m[3].role.as_str()),
+            ("user", "assistant")
+        );
+        assert_eq!(m[2].content, doc_to_text(text, &tests));
+        assert_eq!(m[3].content, format!("{code}\n[DONE]"));
+        assert!(m[6].content.ends_with("[BEGIN]\n"));
+        let single = p.messages(false);
+        assert_eq!(single.len(), 1);
+        assert_eq!(single[0].content, prompt(&d, 3));
+    }
+
+    #[test]
+    fn chat_style_completions() {
+        // Following the assistant turns, a chat completion is the code (often with the
+        // exemplars' CRLF line ends), cut before "[DONE]"; the program runs it as written.
+        let g = "def remove_Occ(s,ch): \r\n    return s.replace(ch, '', 1)[::-1].replace(ch, '', 1)[::-1]\n";
+        let prog = program(&doc(), g);
+        assert!(prog.starts_with(g));
+        assert_eq!(prog.matches("\nassert remove_Occ(").count(), 3);
+        // A markdown-fenced answer is kept verbatim, as lm-eval's `mbpp` keeps it (and fails
+        // it); extracting code from fences is what its separate `mbpp_instruct` task does.
+        let fenced = "```python\ndef remove_Occ(s,ch):\n    return s\n```\n";
+        assert!(program(&doc(), fenced).starts_with("```python\n"));
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub fn prompt(doc: &MmluDoc, shots: &[&MmluDoc]) -> FewShotPrompt {
             .map(|ex| (doc_to_text(ex), LETTERS[ex.answer].to_string()))
             .collect(),
         question: doc_to_text(doc),
+        ..FewShotPrompt::default()
     }
 }
 

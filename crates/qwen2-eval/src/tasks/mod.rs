@@ -54,16 +54,30 @@ impl Request {
 /// messages): the task description, the examples as (question, answer) turns, and the
 /// question asked. Rendered as plain text (base models), or as chat messages for a chat
 /// template (`--chat`, lm-eval's `--apply_chat_template`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FewShotPrompt {
     /// lm-eval's `description`; under a chat template it becomes the system message.
     pub description: String,
     pub shots: Vec<(String, String)>,
     pub question: String,
+    /// lm-eval's `target_delimiter` between an example's question and answer in plain text
+    /// (" ", [`TARGET_DELIMITER`]; MBPP's is ""). Turns do not carry it.
+    pub target_delimiter: &'static str,
+}
+
+impl Default for FewShotPrompt {
+    fn default() -> FewShotPrompt {
+        FewShotPrompt {
+            description: String::new(),
+            shots: Vec::new(),
+            question: String::new(),
+            target_delimiter: TARGET_DELIMITER,
+        }
+    }
 }
 
 impl FewShotPrompt {
-    /// A prompt that is one piece of text (zero-shot, or few-shot text that is not split).
+    /// A prompt that is one piece of text (a zero-shot question such as HumanEval's).
     pub fn single(question: impl Into<String>) -> FewShotPrompt {
         FewShotPrompt {
             question: question.into(),
@@ -71,12 +85,13 @@ impl FewShotPrompt {
         }
     }
 
-    /// Plain text: description, each example as question + " " + answer + "\n\n", question.
+    /// Plain text: description, each example as question + target delimiter + answer +
+    /// "\n\n", question.
     pub fn text(&self) -> String {
         let mut s = self.description.clone();
         for (q, a) in &self.shots {
             s.push_str(q);
-            s.push_str(TARGET_DELIMITER);
+            s.push_str(self.target_delimiter);
             s.push_str(a);
             s.push_str(FEWSHOT_DELIMITER);
         }
@@ -170,6 +185,7 @@ mod tests {
             description: "About X.\n\n".into(),
             shots: vec![("Q1?".into(), "A1".into()), ("Q2?".into(), "A2".into())],
             question: "Q3?".into(),
+            ..FewShotPrompt::default()
         };
         assert_eq!(p.text(), "About X.\n\nQ1? A1\n\nQ2? A2\n\nQ3?");
         let turns = |m: Vec<ChatMessage>| -> Vec<(String, String)> {
@@ -194,6 +210,13 @@ mod tests {
                 t("user", "Q1? A1\n\nQ2? A2\n\nQ3?")
             ]
         );
+        // The target delimiter joins question and answer in plain text only (MBPP's is "").
+        let q = FewShotPrompt {
+            target_delimiter: "",
+            ..p.clone()
+        };
+        assert_eq!(q.text(), "About X.\n\nQ1?A1\n\nQ2?A2\n\nQ3?");
+        assert_eq!(q.messages(true), p.messages(true));
         // No description: no system message (the template adds its default).
         assert_eq!(
             turns(FewShotPrompt::single("Hi").messages(true)),

@@ -90,6 +90,7 @@ pub fn items(
                             description: String::new(),
                             shots: turns.clone(),
                             question: c.clone(),
+                            ..FewShotPrompt::default()
                         };
                         Request::new(&Arc::new(p), &target)
                     })
