@@ -603,6 +603,91 @@ mod tests {
         }
     }
 
+    /// Random tile operands: `QTILE_R` weight rows of `nsb` units of `unit` quants below
+    /// `qmax` (with `scales` i16 group scales per unit from `scale`), `TILE_C` activation rows
+    /// (column 0 all +127 and column 1 all -127: the overflow extremes), scales and biases for
+    /// a pair stride of `stride`.
+    struct Operands {
+        nsb: usize,
+        q: Vec<Vec<u8>>,
+        sc: Vec<Vec<i16>>,
+        dw: Vec<Vec<f32>>,
+        a: Vec<Vec<i8>>,
+        da: Vec<f32>,
+        bias: Vec<i32>,
+        stride: usize,
+    }
+
+    impl Operands {
+        fn new(
+            seed: &mut u64,
+            (nsb, unit, qmax): (usize, usize, u64),
+            scales: usize,
+            mut scale: impl FnMut(&mut u64, usize) -> i16,
+            stride: usize,
+        ) -> Self {
+            let n = nsb * unit;
+            let q = (0..QTILE_R)
+                .map(|_| (0..n).map(|_| (lcg(seed) % qmax) as u8).collect())
+                .collect();
+            let sc = (0..QTILE_R)
+                .map(|_| (0..nsb * scales).map(|g| scale(seed, g)).collect())
+                .collect();
+            let dw = (0..QTILE_R)
+                .map(|_| (0..nsb).map(|_| (lcg(seed) % 100) as f32 * 1e-4).collect())
+                .collect();
+            let a = (0..TILE_C)
+                .map(|c| {
+                    (0..n)
+                        .map(|_| match c {
+                            0 => 127,
+                            1 => -127,
+                            _ => ((lcg(seed) % 255) as i32 - 127) as i8,
+                        })
+                        .collect()
+                })
+                .collect();
+            let m = nsb * stride;
+            let da = (0..m).map(|_| (lcg(seed) % 100) as f32 * 1e-3).collect();
+            let bias = (0..m).map(|_| (lcg(seed) % 8129) as i32 - 4064).collect();
+            Operands {
+                nsb,
+                q,
+                sc,
+                dw,
+                a,
+                da,
+                bias,
+                stride,
+            }
+        }
+
+        fn args(&self) -> QTileArgs<'_> {
+            QTileArgs {
+                nsb: self.nsb,
+                q: std::array::from_fn(|r| &self.q[r][..]),
+                sc: std::array::from_fn(|r| &self.sc[r][..]),
+                dw: std::array::from_fn(|r| &self.dw[r][..]),
+                a: std::array::from_fn(|c| &self.a[c][..]),
+                da: &self.da,
+                da_stride: self.stride,
+                bias: &self.bias,
+            }
+        }
+    }
+
+    fn assert_close(got: [[f32; TILE_C]; QTILE_R], want: [[f32; TILE_C]; QTILE_R], what: &str) {
+        for r in 0..QTILE_R {
+            for c in 0..TILE_C {
+                let (g, e) = (got[r][c], want[r][c]);
+                assert!(
+                    (g - e).abs() <= 1e-5 * e.abs().max(1.0),
+                    "{what} [{r}][{c}]: {g} vs {e}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn simd_tile32_matches_scalar_twin() {
         let mut seed = 17;
@@ -611,57 +696,11 @@ mod tests {
                 continue;
             };
             for nsb in [2usize, 4, 10, 28] {
-                let n = nsb * 32;
-                let q: Vec<Vec<u8>> = (0..QTILE_R)
-                    .map(|_| (0..n).map(|_| (lcg(&mut seed) % 32) as u8).collect())
-                    .collect();
-                let dw: Vec<Vec<f32>> = (0..QTILE_R)
-                    .map(|_| {
-                        (0..nsb)
-                            .map(|_| (lcg(&mut seed) % 100) as f32 * 1e-4)
-                            .collect()
-                    })
-                    .collect();
-                // Extreme activations included: every lane at +-127 must not overflow.
-                let a: Vec<Vec<i8>> = (0..TILE_C)
-                    .map(|c| {
-                        (0..n)
-                            .map(|_| match c {
-                                0 => 127,
-                                1 => -127,
-                                _ => ((lcg(&mut seed) % 255) as i32 - 127) as i8,
-                            })
-                            .collect()
-                    })
-                    .collect();
                 // Pair stride 2 * bp with bp = 8 columns: this tile's 8 values then 8 others.
-                let stride = 16;
-                let da: Vec<f32> = (0..nsb / 2 * stride)
-                    .map(|_| (lcg(&mut seed) % 100) as f32 * 1e-3)
-                    .collect();
-                let bias: Vec<i32> = (0..nsb / 2 * stride)
-                    .map(|_| (lcg(&mut seed) % 8129) as i32 - 4064)
-                    .collect();
-                let args = QTileArgs {
-                    nsb,
-                    bias: &bias,
-                    q: std::array::from_fn(|r| &q[r][..]),
-                    sc: [&[]; QTILE_R],
-                    dw: std::array::from_fn(|r| &dw[r][..]),
-                    a: std::array::from_fn(|c| &a[c][..]),
-                    da: &da,
-                    da_stride: stride,
-                };
-                let (got, want) = (tile32(&args), tile32_scalar(&args));
-                for r in 0..QTILE_R {
-                    for c in 0..TILE_C {
-                        let (g, e) = (got[r][c], want[r][c]);
-                        assert!(
-                            (g - e).abs() <= 1e-5 * e.abs().max(1.0),
-                            "{isa:?} nsb={nsb} [{r}][{c}]: {g} vs {e}"
-                        );
-                    }
-                }
+                let o = Operands::new(&mut seed, (nsb, 32, 32), 0, |_, _| 0, 16);
+                let args = o.args();
+                let what = format!("{isa:?} nsb={nsb}");
+                assert_close(tile32(&args), tile32_scalar(&args), &what);
             }
         }
     }
@@ -675,60 +714,17 @@ mod tests {
             };
             for nsb in [1usize, 2, 4, 7] {
                 for q6 in [false, true] {
-                    let n = nsb * QK_K;
-                    let qmax = if q6 { 64 } else { 16 };
-                    let q: Vec<Vec<u8>> = (0..QTILE_R)
-                        .map(|_| (0..n).map(|_| (lcg(&mut seed) % qmax) as u8).collect())
-                        .collect();
-                    // Q4_K: unsigned 6-bit scales in equal pairs; Q6_K: signed 8-bit per 16.
-                    let sc: Vec<Vec<i16>> = (0..QTILE_R)
-                        .map(|_| {
-                            let mut v: Vec<i16> = (0..nsb * 16)
-                                .map(|_| (lcg(&mut seed) % 256) as i16 - 128)
-                                .collect();
-                            if !q6 {
-                                for g in 0..nsb * 16 {
-                                    v[g] = v[g & !1].rem_euclid(64);
-                                }
-                            }
-                            v
-                        })
-                        .collect();
-                    let dw: Vec<Vec<f32>> = (0..QTILE_R)
-                        .map(|_| {
-                            (0..nsb)
-                                .map(|_| (lcg(&mut seed) % 100) as f32 * 1e-4)
-                                .collect()
-                        })
-                        .collect();
-                    let a: Vec<Vec<i8>> = (0..TILE_C)
-                        .map(|_| (0..n).map(|_| (lcg(&mut seed) % 255) as i8).collect())
-                        .collect();
-                    let stride = TILE_C + 3;
-                    let da: Vec<f32> = (0..nsb * stride)
-                        .map(|_| (lcg(&mut seed) % 100) as f32 * 1e-3)
-                        .collect();
-                    let args = QTileArgs {
-                        nsb,
-                        q: std::array::from_fn(|r| &q[r][..]),
-                        sc: std::array::from_fn(|r| &sc[r][..]),
-                        dw: std::array::from_fn(|r| &dw[r][..]),
-                        a: std::array::from_fn(|c| &a[c][..]),
-                        da: &da,
-                        da_stride: stride,
-                        bias: &[],
+                    // Q4_K: 4-bit quants, unsigned 6-bit scales in equal pairs; Q6_K: 6-bit
+                    // quants, signed 8-bit scales per 16 values.
+                    let (qmax, scale): (u64, fn(&mut u64, usize) -> i16) = if q6 {
+                        (64, |s, _| (lcg(s) % 256) as i16 - 128)
+                    } else {
+                        (16, |_, g| ((g / 2 * 37 + 11) % 64) as i16)
                     };
-                    let got = tile(&args);
-                    let want = tile_scalar(&args);
-                    for r in 0..QTILE_R {
-                        for c in 0..TILE_C {
-                            let (g, e) = (got[r][c], want[r][c]);
-                            assert!(
-                                (g - e).abs() <= 1e-5 * e.abs().max(1.0),
-                                "{isa:?} nsb={nsb} q6={q6} [{r}][{c}]: {g} vs {e}"
-                            );
-                        }
-                    }
+                    let o = Operands::new(&mut seed, (nsb, QK_K, qmax), 16, scale, TILE_C + 3);
+                    let args = o.args();
+                    let what = format!("{isa:?} nsb={nsb} q6={q6}");
+                    assert_close(tile(&args), tile_scalar(&args), &what);
                 }
             }
         }

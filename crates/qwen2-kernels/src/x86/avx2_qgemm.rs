@@ -26,6 +26,22 @@ pub(crate) fn tile(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
     unsafe { kernel(t) }
 }
 
+/// Each row's result lanes (columns 0-3 in both 128-bit halves) summed over the halves.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn fold_halves(facc: [__m256; TILE_R]) -> [[f32; TILE_C]; TILE_R] {
+    let mut out = [[0.0f32; TILE_C]; TILE_R];
+    for r in 0..TILE_R {
+        let v = _mm_add_ps(
+            _mm256_castps256_ps128(facc[r]),
+            _mm256_extractf128_ps::<1>(facc[r]),
+        );
+        // SAFETY: `out[r]` is 4 f32s.
+        unsafe { _mm_storeu_ps(out[r].as_mut_ptr(), v) };
+    }
+    out
+}
+
 /// SAFETY (caller): avx2+fma available; operand lengths as checked by [`tile`].
 #[target_feature(enable = "avx2,fma")]
 unsafe fn kernel(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
@@ -69,16 +85,7 @@ unsafe fn kernel(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
             }
         }
     }
-    let mut out = [[0.0f32; TILE_C]; TILE_R];
-    for r in 0..TILE_R {
-        let v = _mm_add_ps(
-            _mm256_castps256_ps128(facc[r]),
-            _mm256_extractf128_ps::<1>(facc[r]),
-        );
-        // SAFETY: `out[r]` is 4 f32s.
-        unsafe { _mm_storeu_ps(out[r].as_mut_ptr(), v) };
-    }
-    out
+    fold_halves(facc)
 }
 
 /// AVX2 twin of `qgemm::unpack_block_scalar`: one super-block into 256 unsigned quants and 8
@@ -210,16 +217,7 @@ unsafe fn kernel32(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
             }
         }
     }
-    let mut out = [[0.0f32; TILE_C]; TILE_R];
-    for r in 0..TILE_R {
-        let v = _mm_add_ps(
-            _mm256_castps256_ps128(facc[r]),
-            _mm256_extractf128_ps::<1>(facc[r]),
-        );
-        // SAFETY: `out[r]` is 4 f32s.
-        unsafe { _mm_storeu_ps(out[r].as_mut_ptr(), v) };
-    }
-    out
+    fold_halves(facc)
 }
 
 /// AVX2 twin of `qgemm::unpack_q5_0_scalar`: a Q5_0 or Q5_0R8 row piece of whole blocks (a
