@@ -31,6 +31,10 @@ pub struct Scorer<'m> {
     cached: Vec<u32>,
     /// Token used as the context of a request with an empty one (lm-eval uses the eot token).
     empty_ctx_token: u32,
+    /// The last request's model input, the position its logit rows start at, and those rows:
+    /// a request with the same input and start (MMLU's four one-token answers share one
+    /// context) takes them instead of running the last position again.
+    last: Option<(Vec<u32>, usize, Vec<f32>)>,
     /// Tokens computed (not reused) so far: a measure of what the prefix cache saved.
     pub computed_tokens: usize,
     pub reused_tokens: usize,
@@ -48,6 +52,7 @@ impl<'m> Scorer<'m> {
             cache: model.new_cache(ctx),
             cached: Vec::new(),
             empty_ctx_token,
+            last: None,
             computed_tokens: 0,
             reused_tokens: 0,
         }
@@ -82,6 +87,7 @@ impl<'m> Scorer<'m> {
     /// Keep the longest prefix of `tokens` the cache already holds, but at most `limit`
     /// tokens; returns how many are kept.
     fn reuse(&mut self, tokens: &[u32], limit: usize) -> usize {
+        self.last = None;
         let keep = common_prefix(&self.cached, tokens).min(limit);
         self.cache.truncate(keep);
         self.cached.truncate(keep);
@@ -90,6 +96,7 @@ impl<'m> Scorer<'m> {
     }
 
     fn feed(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
+        self.last = None;
         let out = self.model.forward(tokens, &mut self.cache, which)?;
         self.cached.extend_from_slice(tokens);
         self.computed_tokens += tokens.len();
@@ -108,12 +115,24 @@ impl<'m> Scorer<'m> {
         // of the last context token on, so at most the context minus one is reused.
         let input = &full[..full.len() - 1];
         let first_out = ctx.len() - 1;
-        let keep = self.reuse(input, first_out);
-        self.cache.check_room(input.len() - keep)?;
-        if keep < first_out {
-            self.feed(&input[keep..first_out], Logits::None)?;
-        }
-        let logits = self.feed(&input[first_out..], Logits::All)?;
+        let logits = match self.last.take() {
+            // Same tokens, so the same rows (and the cache already holds `input`).
+            Some((inp, fo, rows)) if inp == input && fo == first_out => {
+                self.reused_tokens += input.len();
+                self.last = Some((inp, fo, rows.clone()));
+                rows
+            }
+            _ => {
+                let keep = self.reuse(input, first_out);
+                self.cache.check_room(input.len() - keep)?;
+                if keep < first_out {
+                    self.feed(&input[keep..first_out], Logits::None)?;
+                }
+                let rows = self.feed(&input[first_out..], Logits::All)?;
+                self.last = Some((input.to_vec(), first_out, rows.clone()));
+                rows
+            }
+        };
         let vocab = self.model.vocab_size();
         if logits.len() != cont.len() * vocab {
             return Err(Error::Invalid(format!(

@@ -50,8 +50,12 @@ fn shared_prefix_scores_equal_fresh_scores() {
     let mut shared = Scorer::new(&lm.model, tok, 4096, lm.eos_ids[0]);
     let mut worst = 0.0f64;
     for it in &items {
+        let mut computed_after_first = None;
         for r in &it.requests {
             let a = shared.score(&r.context, &r.continuation).unwrap();
+            // The four one-token answers share one model input: only the first runs it.
+            let c = *computed_after_first.get_or_insert(shared.computed_tokens);
+            assert_eq!(shared.computed_tokens, c, "an answer re-ran its context");
             let mut fresh = Scorer::new(&lm.model, tok, 4096, lm.eos_ids[0]);
             let b = fresh.score(&r.context, &r.continuation).unwrap();
             assert_eq!(fresh.reused_tokens, 0);
