@@ -683,45 +683,41 @@ pub(crate) unsafe fn q5_0_r8_blocks<const C: usize>(
             }
         };
         let mut b = b0;
+        // One group of `$size` blocks at block `b`: its scales (`$p` the group's first byte)
+        // times the activation scales, then every block against every row.
+        macro_rules! group {
+            ($size:literal, $p:ident => $scales:expr, $load:ident, $store:ident, $mul:ident) => {{
+                let $p = w.add(b * 22);
+                let s = $scales;
+                let mut d = [[0.0f32; $size]; C];
+                for c in 0..C {
+                    let da = $load(ad[c].add(b - b0));
+                    $store(d[c].as_mut_ptr(), $mul(s, da));
+                }
+                if C == 1 {
+                    // One row (`vec_dot`, batch-1 decode): the rolled loop and the scale
+                    // products in registers, as before; the multi-row form measured no clear
+                    // gain here.
+                    r8_group::<$size>($p, |k, x| {
+                        let dk: [f32; C] = std::array::from_fn(|c| d[c][k]);
+                        dot(b + k, x, dk.as_ptr(), 1, &mut acc[k & 1]);
+                    });
+                } else {
+                    let dp = opaque(d.as_ptr() as *const f32);
+                    r8_group_unrolled::<$size>($p, |k, x| {
+                        dot(b + k, x, dp.add(k), $size, &mut acc[k & 1])
+                    });
+                }
+                b += $size;
+            }};
+        }
         while b + 8 <= b1.min(full) {
-            let p = w.add(b * 22);
-            let s = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
-            let mut d = [[0.0f32; 8]; C];
-            for c in 0..C {
-                let da = _mm256_loadu_ps(ad[c].add(b - b0));
-                _mm256_storeu_ps(d[c].as_mut_ptr(), _mm256_mul_ps(s, da));
-            }
-            if C == 1 {
-                // One row (`vec_dot`, batch-1 decode): the rolled loop and the scale products
-                // in registers, as before; the multi-row form measured no clear gain here.
-                r8_group::<8>(p, |k, x| {
-                    let dk: [f32; C] = std::array::from_fn(|c| d[c][k]);
-                    dot(b + k, x, dk.as_ptr(), 1, &mut acc[k & 1]);
-                });
-            } else {
-                let dp = opaque(d.as_ptr() as *const f32);
-                r8_group_unrolled::<8>(p, |k, x| dot(b + k, x, dp.add(k), 8, &mut acc[k & 1]));
-            }
-            b += 8;
+            group!(8, p => _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+                _mm256_loadu_ps, _mm256_storeu_ps, _mm256_mul_ps);
         }
         if b < b1 && b == full && nb - full >= 4 {
-            let p = w.add(b * 22);
-            let s = _mm_cvtph_ps(_mm_loadl_epi64(p as *const __m128i));
-            let mut d = [[0.0f32; 4]; C];
-            for c in 0..C {
-                let da = _mm_loadu_ps(ad[c].add(b - b0));
-                _mm_storeu_ps(d[c].as_mut_ptr(), _mm_mul_ps(s, da));
-            }
-            if C == 1 {
-                r8_group::<4>(p, |k, x| {
-                    let dk: [f32; C] = std::array::from_fn(|c| d[c][k]);
-                    dot(b + k, x, dk.as_ptr(), 1, &mut acc[k & 1]);
-                });
-            } else {
-                let dp = opaque(d.as_ptr() as *const f32);
-                r8_group_unrolled::<4>(p, |k, x| dot(b + k, x, dp.add(k), 4, &mut acc[k & 1]));
-            }
-            b += 4;
+            group!(4, p => _mm_cvtph_ps(_mm_loadl_epi64(p as *const __m128i)),
+                _mm_loadu_ps, _mm_storeu_ps, _mm_mul_ps);
         }
         while b < b1 {
             // The last 0..=3 blocks are plain Q5_0 (decoded as in `q5_0_k`).
