@@ -68,11 +68,6 @@ fn kernels(isa: Isa, ty: GgmlType) -> (TileFn, DequantFn) {
     (f32_tile_scalar, scalar_dequant(ty))
 }
 
-/// The f32 tile microkernel of `isa` (also used by `qgemm` for its offset product).
-pub(crate) fn f32_kernels(isa: Isa) -> (TileFn, DequantFn) {
-    kernels(isa, GgmlType::F32)
-}
-
 fn scalar_dequant(ty: GgmlType) -> DequantFn {
     macro_rules! table {
         ($($t:ident),*) => {

@@ -9,17 +9,17 @@
 //! the weights stay 1 byte per value in the panel instead of 4.
 //!
 //! Decomposition, per weight row `r`, activation row `c` and super-block `s`:
-//! `W[r] . x[c] ~= sum_s dw[r][s] * da[c][s] * sumi[r][c][s] - sum_g off[r][g] * asum[c][g]`,
+//! `W[r] . x[c] ~= sum_s da[c][s] * (dw[r][s] * sumi[r][c][s] - dm[r][s] * sumo[r][c][s])`,
 //! where `sumi` is the integer dot of the unsigned quants with the int8 activations weighted
-//! by the 16-value group scales, `off` folds each group's constant (Q4_K: `dmin * m_j`; Q6_K:
-//! `32 * d * scale_g`, the `-32` bias of its quants) and `asum[c][g] = da * (sum of the 16
-//! int8 activations of group g)`. The second sum is an f32 GEMM with 1/16 of the depth and
-//! runs on the f32 tile microkernel of `gemm`.
+//! by the group scales, and `sumo` the integer dot of each 16-value group's offset multiplier
+//! `om` with the activations' 16-value sums (Q8_K's `bsums`): Q4_K's mins (`dm = dmin`) and
+//! Q6_K's group scales for the `-32` bias of its quants (`dm = 32 * d`). Both sums are exact
+//! in i32 and folded by the same tile, one `vpmaddwd` per pair and super-block for `sumo`.
 //!
 //! Panels: per task, a chunk of weight rows is unpacked once per k-block into `u8` quants in
-//! natural order, the 16 i16 group scales of each super-block (Q4_K's 8 scales each twice; the
-//! tile spreads a pair over a 32-value chunk's lanes) and the super-block scales; it is reused
-//! for every activation row.
+//! natural order, the group scales spread to the [`SC_LANES`] i16 lanes of a super-block that
+//! `vpmaddwd` multiplies (one per value pair, so the tile takes them as a plain vector load) and
+//! the super-block scales; it is reused for every activation row.
 //!
 //! Batch invariance (issue 5): each output's operations depend on its weight row, its
 //! activation row and `cols` only (k-blocks fixed by `cols`, tails computed on duplicated
@@ -28,15 +28,20 @@
 //! Scalar twin: [`tile_scalar`], compared with the AVX2 tile in the unit tests; the whole
 //! product is checked against `matmul_reference` within the Q8_K activation error.
 
-use crate::gemm::{self, TILE_C, TILE_R};
+use crate::gemm::TILE_C;
 
-/// Weight rows per integer tile: 3 x 4 pairs (12 accumulators; the compiler spills a few of
-/// the 16 AVX2 registers, still measured ~1.3x faster than 2 x 4 on cache-resident operands).
+/// Weight rows per integer tile: 3 x 4 pairs (12 accumulators of the 16 AVX2 registers, held
+/// there by the k-quant tile's `asm!` step; 3 x 4 measured ~1.3x faster than 2 x 4).
 pub(crate) const QTILE_R: usize = 3;
+/// Group-scale lanes per super-block in a k-quant panel: lane `l` scales values `2l` and
+/// `2l + 1` (the pair `vpmaddubsw` sums into one i16).
+pub(crate) const SC_LANES: usize = QK_K / 2;
 use crate::isa::Isa;
 use crate::matmul::{OutPtr, QMatRef};
+#[cfg(test)]
+use crate::scalar;
 use crate::types::QK_K;
-use crate::{scalar, GgmlType};
+use crate::GgmlType;
 use rayon::prelude::*;
 
 /// Whether `ty` has an integer prompt GEMM (and the CPU path is not turned off with
@@ -62,26 +67,19 @@ struct Format {
     unit: usize,
     /// Whether the unit has 16-value group scales (the k-quants' tile) or none (`tile32`).
     kquant: bool,
-    /// Values per offset group (the quants' constant: Q4_K's mins, Q6_K's and Q5_0's bias).
-    group: usize,
 }
 
 fn format(ty: GgmlType) -> Option<Format> {
-    let (unit, kquant, group) = match ty {
-        GgmlType::Q4K => (QK_K, true, 32),
-        GgmlType::Q6K => (QK_K, true, 16),
-        GgmlType::Q5_0 | GgmlType::Q5_0R8 => (32, false, 32),
+    let (unit, kquant) = match ty {
+        GgmlType::Q4K | GgmlType::Q6K => (QK_K, true),
+        GgmlType::Q5_0 | GgmlType::Q5_0R8 => (32, false),
         _ => return None,
     };
-    Some(Format {
-        unit,
-        kquant,
-        group,
-    })
+    Some(Format { unit, kquant })
 }
 
 /// `dw * da * sumi` tile: `QTILE_R` panel rows against `TILE_C` activation rows over `nsb`
-/// scale units (k-quants: super-blocks, with `nsb * 16` i16 group scales per row; 32-value
+/// scale units (k-quants: super-blocks, with `nsb * SC_LANES` i16 group scales per row; 32-value
 /// blocks: no group scales). Arguments: quants of each row (`nsb * unit` bytes), group
 /// scales, unit scales (`nsb`), activations (`nsb * unit` i8 each), and the activation scales
 /// transposed: `da[s * da_stride + c]` for the tile's 4 columns.
@@ -93,6 +91,11 @@ pub(crate) struct QTileArgs<'a> {
     pub q: [&'a [u8]; QTILE_R],
     pub sc: [&'a [i16]; QTILE_R],
     pub dw: [&'a [f32]; QTILE_R],
+    /// k-quants only: per super-block 16 offset multipliers and the offset scale of each row,
+    /// and 16 activation sums of each column (see the module comment).
+    pub om: [&'a [i16]; QTILE_R],
+    pub dm: [&'a [f32]; QTILE_R],
+    pub bs: [&'a [i16]; TILE_C],
     pub a: [&'a [i8]; TILE_C],
     pub da: &'a [f32],
     pub da_stride: usize,
@@ -102,18 +105,112 @@ pub(crate) struct QTileArgs<'a> {
     pub bias: &'a [i32],
 }
 
+/// All weight rows of a panel k-block against one group of `TILE_C` activation rows: the tile
+/// over every `QTILE_R` rows (the last group repeats the panel's last row; those results are
+/// dropped), added into `res[c * rows + r]` for the `nc` valid columns. One call per column
+/// group and k-block, so operand checks and result stores cost per strip, not per tile (with
+/// 0.5B-sized rows a tile is only ~500 cycles).
+pub(crate) struct QStrip<'a> {
+    /// Scale units in the k-block, and values per unit (`QK_K` or 32).
+    pub nsb: usize,
+    pub unit: usize,
+    /// Weight rows in the panel, and valid columns (1..=`TILE_C`).
+    pub rows: usize,
+    pub nc: usize,
+    /// Row `r`'s quants at `q[r * q_stride..]`, group scales (k-quants) at
+    /// `sc[r * sc_stride..]`, unit scales at `dw[r * dw_stride..]`.
+    pub q: &'a [u8],
+    pub q_stride: usize,
+    pub sc: &'a [i16],
+    pub sc_stride: usize,
+    pub dw: &'a [f32],
+    pub dw_stride: usize,
+    /// k-quants: row `r`'s offset multipliers at `om[r * dw_stride * 16..]` and offset
+    /// scales at `dm[r * dw_stride..]`; each column's activation sums (16 per unit).
+    pub om: &'a [i16],
+    pub dm: &'a [f32],
+    pub bs: [&'a [i16]; TILE_C],
+    /// As in [`QTileArgs`].
+    pub a: [&'a [i8]; TILE_C],
+    pub da: &'a [f32],
+    pub da_stride: usize,
+    pub bias: &'a [i32],
+}
+
+impl<'a> QStrip<'a> {
+    /// The tile operands for rows `rt..rt + QTILE_R` (clamped to the last row).
+    #[cfg(test)]
+    pub(crate) fn tile_args(&self, rt: usize) -> QTileArgs<'a> {
+        let ri: [usize; QTILE_R] = std::array::from_fn(|i| (rt + i).min(self.rows - 1));
+        let kq = self.sc_stride != 0;
+        let scn = if kq { self.nsb * SC_LANES } else { 0 };
+        let ds = self.dw_stride;
+        let om = |r: usize| {
+            if kq {
+                &self.om[16 * r * ds..16 * (r * ds + self.nsb)]
+            } else {
+                &[]
+            }
+        };
+        let dm = |r: usize| {
+            if kq {
+                &self.dm[r * ds..r * ds + self.nsb]
+            } else {
+                &[]
+            }
+        };
+        QTileArgs {
+            nsb: self.nsb,
+            q: ri.map(|r| &self.q[r * self.q_stride..r * self.q_stride + self.nsb * self.unit]),
+            sc: ri.map(|r| &self.sc[r * self.sc_stride..r * self.sc_stride + scn]),
+            dw: ri.map(|r| &self.dw[r * ds..r * ds + self.nsb]),
+            om: ri.map(om),
+            dm: ri.map(dm),
+            bs: self.bs,
+            a: self.a,
+            da: self.da,
+            da_stride: self.da_stride,
+            bias: self.bias,
+        }
+    }
+}
+
+/// Runs a [`QStrip`] (see there).
+pub(crate) type QStripFn = fn(&QStrip, &mut [f32]);
+
+/// A strip through any tile function, one checked tile at a time (the scalar twin of the
+/// SIMD strips, which check once and loop inside).
+#[cfg(test)]
+pub(crate) fn strip_with(tile: QTileFn, s: &QStrip, res: &mut [f32]) {
+    let mut rt = 0;
+    while rt < s.rows {
+        let t = tile(&s.tile_args(rt));
+        for (i, tr) in t.iter().enumerate().take((s.rows - rt).min(QTILE_R)) {
+            for (c, &v) in tr.iter().enumerate().take(s.nc) {
+                res[c * s.rows + rt + i] += v;
+            }
+        }
+        rt += QTILE_R;
+    }
+}
+
 /// Unpacks one super-block (see [`unpack_block_scalar`]).
-type UnpackFn = fn(GgmlType, &[u8], &mut [u8], &mut [i16]) -> f32;
+type UnpackFn = fn(GgmlType, &[u8], &mut [u8], &mut [i16], &mut [i16]) -> (f32, f32);
 /// Unpacks a Q5_0 / Q5_0R8 row piece of whole blocks (see [`unpack_q5_0_scalar`]).
 type Unpack32Fn = fn(GgmlType, &[u8], &mut [u8], &mut [f32]);
 
 #[derive(Clone, Copy)]
 struct Kernels {
+    #[cfg_attr(not(test), allow(dead_code))]
     tile: QTileFn,
+    strip: QStripFn,
     unpack: UnpackFn,
+    #[cfg_attr(not(test), allow(dead_code))]
     tile32: QTileFn,
+    strip32: QStripFn,
     unpack32: Unpack32Fn,
     quant32: Quant32Fn,
+    quant_k: QuantKFn,
 }
 
 fn kernels(isa: Isa) -> Option<Kernels> {
@@ -123,10 +220,13 @@ fn kernels(isa: Isa) -> Option<Kernels> {
             use crate::x86::avx2_qgemm;
             return Some(Kernels {
                 tile: avx2_qgemm::tile,
+                strip: avx2_qgemm::strip,
                 unpack: avx2_qgemm::unpack_block,
                 tile32: avx2_qgemm::tile32,
+                strip32: avx2_qgemm::strip32,
                 unpack32: avx2_qgemm::unpack_q5_0,
                 quant32: avx2_qgemm::quant32,
+                quant_k: avx2_qgemm::quant_k,
             });
         }
     }
@@ -144,10 +244,15 @@ pub(crate) fn tile_scalar(t: &QTileArgs) -> [[f32; TILE_C]; QTILE_R] {
                 let mut sumi = 0i32;
                 for k in 0..QK_K {
                     let i = s * QK_K + k;
-                    let scale = t.sc[r][s * 16 + k / 16] as i32;
+                    let scale = t.sc[r][s * SC_LANES + k / 2] as i32;
                     sumi += scale * t.q[r][i] as i32 * t.a[c][i] as i32;
                 }
-                *v += sumi as f32 * (t.dw[r][s] * t.da[s * t.da_stride + c]);
+                let sumo: i32 = (s * 16..s * 16 + 16)
+                    .map(|g| t.om[r][g] as i32 * t.bs[c][g] as i32)
+                    .sum();
+                let da = t.da[s * t.da_stride + c];
+                *v += sumi as f32 * (t.dw[r][s] * da);
+                *v -= sumo as f32 * (t.dm[r][s] * da);
             }
         }
     }
@@ -209,6 +314,25 @@ pub(crate) fn quant32_scalar(x: &[f32], q: &mut [i8]) -> f32 {
     amax / 127.0
 }
 
+/// One 256-value activation super-block to Q8_K (ggml's rounding, as the decode path): the
+/// int8 values, the sums of each 16 of them, and the scale `d` (0 for an all-zero block).
+type QuantKFn = fn(&[f32], &mut [i8], &mut [i16; 16]) -> f32;
+
+/// The Q8_K quantizer through `scalar::quantize` (the decode path's), split like [`QuantKFn`]:
+/// the scalar twin the SIMD quantizer must equal bitwise.
+#[cfg(test)]
+pub(crate) fn quant_k_scalar(x: &[f32], q: &mut [i8], sums: &mut [i16; 16]) -> f32 {
+    let mut blk = [0u8; 292];
+    scalar::quantize(GgmlType::Q8K, &x[..QK_K], &mut blk);
+    for (o, &b) in q[..QK_K].iter_mut().zip(&blk[4..260]) {
+        *o = b as i8;
+    }
+    for (g, v) in sums.iter_mut().enumerate() {
+        *v = i16::from_le_bytes([blk[260 + 2 * g], blk[261 + 2 * g]]);
+    }
+    f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]])
+}
+
 /// Activation rows quantized to 8 bits per scale unit, split for the tile kernels.
 struct Acts {
     /// `[batch][cols]` int8 values.
@@ -218,8 +342,8 @@ struct Acts {
     /// blocks of a pair contiguous (pair stride `2 * bp`).
     d: Vec<f32>,
     bp: usize,
-    /// k-quants: `[batch][cols / group]`: `d * (sum of each offset group's int8 values)`.
-    gsum: Vec<f32>,
+    /// k-quants: `[batch][units][16]`: the sums of each 16 int8 values (Q8_K's `bsums`).
+    bsum: Vec<i16>,
     /// 32-value blocks, laid out as `d`: `16 * (sum of the block's int8 values)`.
     bias: Vec<i32>,
     /// Bytes per activation row in `q` (32-value blocks: padded to whole pairs).
@@ -229,44 +353,31 @@ struct Acts {
 /// Quantizes each activation row on its own (batch invariance): per 256 values as Q8_K (the
 /// decode path's format, ggml's rounding) for the k-quants; per 32 values with an f32 scale
 /// `amax / 127` for 32-value blocks (Q8_0 without the f16 rounding of its scale).
-fn quantize_acts(x: &[f32], batch: usize, cols: usize, f: Format, quant32: Quant32Fn) -> Acts {
+fn quantize_acts(x: &[f32], batch: usize, cols: usize, f: Format, k: &Kernels) -> Acts {
+    let (quant_k, quant32) = (k.quant_k, k.quant32);
     let nu = cols / f.unit;
     // 32-value blocks: rows padded to whole block pairs (the pad block is zeros).
     let nu2 = if f.kquant { nu } else { nu.next_multiple_of(2) };
     let row = nu2 * f.unit;
-    // Per row: group sums (k-quants) or block biases (32-value blocks).
-    let ng = cols / f.group;
+    // Per row: 16-value sums (k-quants) or block biases (32-value blocks); chunks of at least
+    // one entry so that both zips have a row for each activation row.
+    let (nbs, nbias) = if f.kquant { (nu * 16, 1) } else { (1, nu) };
     let bp = batch.div_ceil(TILE_C) * TILE_C;
     let mut q = vec![0i8; batch * row];
     let mut d_rows = vec![0.0f32; batch * nu];
-    let mut gsum = vec![0.0f32; batch * ng];
-    let mut bias_rows = vec![0i32; batch * ng];
+    let mut bsum = vec![0i16; batch * nbs];
+    let mut bias_rows = vec![0i32; batch * nbias];
     q.par_chunks_mut(row)
         .zip(d_rows.par_chunks_mut(nu))
-        .zip(gsum.par_chunks_mut(ng))
-        .zip(bias_rows.par_chunks_mut(ng))
+        .zip(bsum.par_chunks_mut(nbs))
+        .zip(bias_rows.par_chunks_mut(nbias))
         .zip(x.par_chunks(cols))
-        .for_each(|((((q, d), gs), bs), x)| {
+        .for_each(|((((q, d), sums), bs), x)| {
             if f.kquant {
-                let mut blk = [0u8; 292];
-                for s in 0..nu {
-                    scalar::quantize(GgmlType::Q8K, &x[s * QK_K..(s + 1) * QK_K], &mut blk);
-                    d[s] = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
-                    for (o, &b) in q[s * QK_K..(s + 1) * QK_K].iter_mut().zip(&blk[4..260]) {
-                        *o = b as i8;
-                    }
-                    // Group sums from Q8_K's 16-value sums (exact in i32 and in f32).
-                    let per = f.group / 16;
-                    let gpb = QK_K / f.group;
-                    for (j, o) in gs[s * gpb..(s + 1) * gpb].iter_mut().enumerate() {
-                        let sum: i32 = (0..per)
-                            .map(|h| {
-                                let i = 260 + 2 * (j * per + h);
-                                i16::from_le_bytes([blk[i], blk[i + 1]]) as i32
-                            })
-                            .sum();
-                        *o = d[s] * sum as f32;
-                    }
+                for (s, sums) in sums.chunks_exact_mut(16).enumerate() {
+                    let qs = &mut q[s * QK_K..(s + 1) * QK_K];
+                    let sums: &mut [i16; 16] = sums.try_into().expect("16 sums per unit");
+                    d[s] = quant_k(&x[s * QK_K..(s + 1) * QK_K], qs, sums);
                 }
             } else {
                 let mut t = [0i8; 32];
@@ -294,23 +405,33 @@ fn quantize_acts(x: &[f32], batch: usize, cols: usize, f: Format, quant32: Quant
             }
         }
     }
+    if !f.kquant {
+        bsum.clear();
+    }
     Acts {
         q,
         d,
         bp,
-        gsum,
+        bsum,
         bias,
         row,
     }
 }
 
 /// Scalar twin of the SIMD unpackers: one super-block `b` into 256 unsigned quants in natural
-/// order and its 16 group scales; returns the super-block scale `d`.
+/// order, its group scales spread over [`SC_LANES`] lanes and its 16 offset multipliers (per
+/// 16 values); returns the super-block scale `d` and the offset scale `dm`.
 #[cfg(test)]
-pub(crate) fn unpack_block_scalar(ty: GgmlType, b: &[u8], q: &mut [u8], sc: &mut [i16]) -> f32 {
+pub(crate) fn unpack_block_scalar(
+    ty: GgmlType,
+    b: &[u8],
+    q: &mut [u8],
+    sc: &mut [i16],
+    om: &mut [i16],
+) -> (f32, f32) {
     match ty {
         GgmlType::Q4K => {
-            let (scales, _) = scalar::k4_scales_mins(&b[4..16]);
+            let (scales, mins) = scalar::k4_scales_mins(&b[4..16]);
             for j in 0..4 {
                 for l in 0..32 {
                     let v = b[16 + 32 * j + l];
@@ -318,10 +439,13 @@ pub(crate) fn unpack_block_scalar(ty: GgmlType, b: &[u8], q: &mut [u8], sc: &mut
                     q[64 * j + 32 + l] = v >> 4;
                 }
             }
-            for (g, v) in sc[..16].iter_mut().enumerate() {
-                *v = scales[g / 2] as i16;
+            for (l, v) in sc[..SC_LANES].iter_mut().enumerate() {
+                *v = scales[l / 16] as i16;
             }
-            scalar::f16_at(b, 0)
+            for (g, v) in om[..16].iter_mut().enumerate() {
+                *v = mins[g / 2] as i16;
+            }
+            (scalar::f16_at(b, 0), scalar::f16_at(b, 2))
         }
         GgmlType::Q6K => {
             let mut v = [0i8; QK_K];
@@ -329,37 +453,16 @@ pub(crate) fn unpack_block_scalar(ty: GgmlType, b: &[u8], q: &mut [u8], sc: &mut
             for (o, &x) in q.iter_mut().zip(&v) {
                 *o = (x + 32) as u8;
             }
-            for (g, v) in sc[..16].iter_mut().enumerate() {
+            for (l, v) in sc[..SC_LANES].iter_mut().enumerate() {
+                *v = b[192 + l / 8] as i8 as i16;
+            }
+            for (g, v) in om[..16].iter_mut().enumerate() {
                 *v = b[192 + g] as i8 as i16;
             }
-            scalar::f16_at(b, 208)
+            let d = scalar::f16_at(b, 208);
+            (d, 32.0 * d)
         }
         _ => unreachable!("qgemm::supports admits Q4_K and Q6_K only"),
-    }
-}
-
-/// Per offset group of one k-quant weight row (`Format::group` values): the constant subtracted from each
-/// of its values, times the group's quant-independent factor (see the module comment).
-fn row_offsets(ty: GgmlType, row: &[u8], out: &mut [f32]) {
-    match ty {
-        GgmlType::Q4K => {
-            for (b, o) in row.chunks_exact(144).zip(out.chunks_exact_mut(8)) {
-                let dmin = scalar::f16_at(b, 2);
-                let (_, mins) = scalar::k4_scales_mins(&b[4..16]);
-                for (v, &m) in o.iter_mut().zip(&mins) {
-                    *v = dmin * m as f32;
-                }
-            }
-        }
-        GgmlType::Q6K => {
-            for (b, o) in row.chunks_exact(210).zip(out.chunks_exact_mut(16)) {
-                let d = scalar::f16_at(b, 208);
-                for (g, v) in o.iter_mut().enumerate() {
-                    *v = 32.0 * d * (b[192 + g] as i8) as f32;
-                }
-            }
-        }
-        _ => unreachable!("row_offsets: k-quants only"),
     }
 }
 
@@ -368,19 +471,26 @@ fn row_offsets(ty: GgmlType, row: &[u8], out: &mut [f32]) {
 pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [f32]) {
     let k = kernels(isa).expect("qgemm::supports was checked");
     let f = format(w.ty).expect("qgemm::supports was checked");
-    let (offs_tile, _) = gemm::f32_kernels(isa);
     let (rows, cols, ty) = (w.rows, w.cols, w.ty);
     let nu = cols / f.unit;
-    let ng = if f.kquant { cols / f.group } else { 0 };
-    let acts = quantize_acts(x, batch, cols, f, k.quant32);
-    // k-blocks of 1024 values keep a tile's activations (4 KiB) in L1 when a row is longer
-    // than 2048; fixed by `cols` alone. (Q5_0R8 pieces must start at multiples of 8 blocks.)
-    let kb = if cols <= 2048 { nu } else { 1024 / f.unit };
+    let acts = quantize_acts(x, batch, cols, f, &k);
+    // k-blocks bound the panel and a tile's activations; fixed by `cols` and the format alone.
+    // k-quants: 4096 values (a 4864-value row in one block measured 1.1x faster than 1024-value
+    // blocks: fewer strip passes and result updates outweigh L1 misses the L2 serves);
+    // 32-value blocks: 1024 (Q5_0R8 pieces must start at multiples of 8 blocks).
+    let kvals = if f.kquant { 4096 } else { 1024 };
+    let kb = if cols <= 2 * kvals {
+        nu
+    } else {
+        kvals / f.unit
+    };
     // Panel units per row and k-block (32-value blocks: padded to whole pairs).
     let kbp = if f.kquant { kb } else { kb.next_multiple_of(2) };
-    let scales = if f.kquant { 16 } else { 0 };
-    // Panel bytes per row and k-block: quants + group scales + unit scales.
-    let per_row = kbp * (f.unit + 2 * scales + 4);
+    let scales = if f.kquant { SC_LANES } else { 0 };
+    // Offset multipliers and offset scales per unit (k-quants).
+    let (oms, dms) = if f.kquant { (16, 1) } else { (0, 0) };
+    // Panel bytes per row and k-block: quants + group scales + unit scales + offsets.
+    let per_row = kbp * (f.unit + 2 * scales + 4 + 2 * oms + 4 * dms);
     let threads = rayon::current_num_threads().max(1);
     let by_cache = ((128 << 10) / per_row).max(QTILE_R);
     let by_par = rows.div_ceil(threads * 4).max(QTILE_R);
@@ -388,7 +498,7 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
     let n_chunks = rows.div_ceil(chunk);
     let optr = OutPtr(out.as_mut_ptr());
     let acts = &acts;
-    let tile = if f.kquant { k.tile } else { k.tile32 };
+    let strip = if f.kquant { k.strip } else { k.strip32 };
     (0..n_chunks).into_par_iter().for_each(|ci| {
         let r0 = ci * chunk;
         let r1 = (r0 + chunk).min(rows);
@@ -396,8 +506,8 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
         let mut pq = vec![0u8; nr * kbp * f.unit];
         let mut psc = vec![0i16; nr * kb * scales];
         let mut pd = vec![0.0f32; nr * kbp];
-        // k-quants: the offsets over the whole depth, from the raw rows.
-        let mut po = vec![0.0f32; nr * ng];
+        let mut pom = vec![0i16; nr * kbp * oms];
+        let mut pdm = vec![0.0f32; nr * kbp * dms];
         // The chunk's results, `[batch][nr]`, summed over k-blocks here (contiguous, cache
         // resident) and stored to `out` once.
         let mut res = vec![0.0f32; batch * nr];
@@ -414,11 +524,13 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
                 if f.kquant {
                     for s in s0..s1 {
                         let i = s - s0;
-                        d[i] = (k.unpack)(
+                        let u = r * kb + i;
+                        (d[i], pdm[u]) = (k.unpack)(
                             ty,
                             &row[s * ts..(s + 1) * ts],
                             &mut q[i * QK_K..(i + 1) * QK_K],
-                            &mut psc[(r * kb + i) * 16..(r * kb + i + 1) * 16],
+                            &mut psc[u * scales..(u + 1) * scales],
+                            &mut pom[u * 16..(u + 1) * 16],
                         );
                     }
                 } else {
@@ -440,29 +552,33 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
                 } else {
                     (s0 / 2 * 2 * acts.bp + 2 * c0, 2 * acts.bp)
                 };
-                let da = &acts.d[at..];
-                let bias = &acts.bias[at.min(acts.bias.len())..];
-                let mut rt = 0;
-                while rt < nr {
-                    let ri: [usize; QTILE_R] = std::array::from_fn(|i| (rt + i).min(nr - 1));
-                    let args = QTileArgs {
-                        nsb: nsp,
-                        q: ri.map(|r| &pq[r * kbp * f.unit..(r * kbp + nsp) * f.unit]),
-                        sc: ri.map(|r| &psc[r * kb * scales..(r * kb + ns) * scales]),
-                        dw: ri.map(|r| &pd[r * kbp..r * kbp + nsp]),
-                        a,
-                        da,
-                        da_stride,
-                        bias,
-                    };
-                    let t = tile(&args);
-                    for (i, tr) in t.iter().enumerate().take((nr - rt).min(QTILE_R)) {
-                        for (c, &v) in tr.iter().enumerate().take(nc) {
-                            res[(c0 + c) * nr + rt + i] += v;
+                let s = QStrip {
+                    nsb: nsp,
+                    unit: f.unit,
+                    rows: nr,
+                    nc,
+                    q: &pq,
+                    q_stride: kbp * f.unit,
+                    sc: &psc,
+                    sc_stride: kb * scales,
+                    dw: &pd,
+                    dw_stride: kbp,
+                    om: &pom,
+                    dm: &pdm,
+                    bs: std::array::from_fn(|i| {
+                        if f.kquant {
+                            let c = (c0 + i.min(nc - 1)) * nu;
+                            &acts.bsum[(c + s0) * 16..(c + s1) * 16]
+                        } else {
+                            &[]
                         }
-                    }
-                    rt += QTILE_R;
-                }
+                    }),
+                    a,
+                    da: &acts.d[at..],
+                    da_stride,
+                    bias: &acts.bias[at.min(acts.bias.len())..],
+                };
+                strip(&s, &mut res[c0 * nr..]);
                 c0 += nc;
             }
             s0 = s1;
@@ -477,36 +593,6 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
                 };
             }
         };
-        // k-quants' offsets: an f32 product of depth cols / group, subtracted last.
-        if !f.kquant {
-            store(&res);
-            return;
-        }
-        for r in 0..nr {
-            row_offsets(ty, w.row(r0 + r), &mut po[r * ng..(r + 1) * ng]);
-        }
-        let mut c0 = 0;
-        while c0 < batch {
-            let nc = (batch - c0).min(TILE_C);
-            let xs: Vec<&[f32]> = (c0..c0 + nc)
-                .map(|c| &acts.gsum[c * ng..(c + 1) * ng])
-                .collect();
-            let mut rt = 0;
-            while rt < nr {
-                let wr: [&[f32]; TILE_R] = std::array::from_fn(|i| {
-                    let r = (rt + i).min(nr - 1);
-                    &po[r * ng..(r + 1) * ng]
-                });
-                let t = offs_tile(ng, wr, &xs);
-                for (i, tr) in t.iter().enumerate().take((nr - rt).min(TILE_R)) {
-                    for (c, &v) in tr.iter().enumerate().take(nc) {
-                        res[(c0 + c) * nr + rt + i] -= v;
-                    }
-                }
-                rt += TILE_R;
-            }
-            c0 += nc;
-        }
         store(&res);
     });
 }
@@ -534,11 +620,13 @@ mod tests {
                 for _ in 0..20 {
                     let b: Vec<u8> = (0..ty.type_size()).map(|_| lcg(&mut seed) as u8).collect();
                     let (mut q1, mut q2) = (vec![0u8; QK_K], vec![1u8; QK_K]);
-                    let (mut s1, mut s2) = (vec![0i16; 16], vec![1i16; 16]);
-                    let d1 = unpack_block_scalar(ty, &b, &mut q1, &mut s1);
-                    let d2 = unpack(ty, &b, &mut q2, &mut s2);
-                    assert_eq!((q1, s1), (q2, s2), "{ty} {isa:?}");
+                    let (mut s1, mut s2) = (vec![0i16; SC_LANES], vec![1i16; SC_LANES]);
+                    let (mut o1, mut o2) = (vec![0i16; 16], vec![1i16; 16]);
+                    let (d1, m1) = unpack_block_scalar(ty, &b, &mut q1, &mut s1, &mut o1);
+                    let (d2, m2) = unpack(ty, &b, &mut q2, &mut s2, &mut o2);
+                    assert_eq!((q1, s1, o1), (q2, s2, o2), "{ty} {isa:?}");
                     assert_eq!(d1.to_bits(), d2.to_bits(), "{ty} {isa:?}");
+                    assert_eq!(m1.to_bits(), m2.to_bits(), "{ty} {isa:?}");
                 }
             }
         }
@@ -603,6 +691,40 @@ mod tests {
         }
     }
 
+    #[test]
+    fn simd_quant_k_matches_scalar_twin() {
+        let mut seed = 41;
+        for isa in available_isas() {
+            let Some(Kernels { quant_k, .. }) = kernels(isa) else {
+                continue;
+            };
+            for case in 0..200 {
+                let scale = [1e-3f32, 1.0, 37.0, 0.0][case % 4];
+                let mut x: Vec<f32> = (0..QK_K)
+                    .map(|_| ((lcg(&mut seed) % 20001) as f32 / 10000.0 - 1.0) * scale)
+                    .collect();
+                // Ties for the largest magnitude with both signs: the first one sets the sign.
+                if case % 5 == 1 {
+                    let (i, j) = (
+                        lcg(&mut seed) as usize % QK_K,
+                        lcg(&mut seed) as usize % QK_K,
+                    );
+                    x[i] = 2.0 * scale;
+                    x[j] = -2.0 * scale;
+                }
+                let (mut q1, mut q2) = ([0i8; QK_K], [1i8; QK_K]);
+                let (mut s1, mut s2) = ([0i16; 16], [1i16; 16]);
+                let d1 = quant_k_scalar(&x, &mut q1, &mut s1);
+                let d2 = quant_k(&x, &mut q2, &mut s2);
+                assert_eq!(
+                    (q1, s1, d1.to_bits()),
+                    (q2, s2, d2.to_bits()),
+                    "{isa:?} case {case}"
+                );
+            }
+        }
+    }
+
     /// Random tile operands: `QTILE_R` weight rows of `nsb` units of `unit` quants below
     /// `qmax` (with `scales` i16 group scales per unit from `scale`), `TILE_C` activation rows
     /// (column 0 all +127 and column 1 all -127: the overflow extremes), scales and biases for
@@ -612,6 +734,9 @@ mod tests {
         q: Vec<Vec<u8>>,
         sc: Vec<Vec<i16>>,
         dw: Vec<Vec<f32>>,
+        om: Vec<Vec<i16>>,
+        dm: Vec<Vec<f32>>,
+        bs: Vec<Vec<i16>>,
         a: Vec<Vec<i8>>,
         da: Vec<f32>,
         bias: Vec<i32>,
@@ -636,6 +761,22 @@ mod tests {
             let dw = (0..QTILE_R)
                 .map(|_| (0..nsb).map(|_| (lcg(seed) % 100) as f32 * 1e-4).collect())
                 .collect();
+            // k-quants: offset multipliers as signed as Q6_K's scales, offset scales, and
+            // 16-value activation sums up to their extremes (16 * 127).
+            let nom = if scales > 0 { nsb * 16 } else { 0 };
+            let om = (0..QTILE_R)
+                .map(|_| (0..nom).map(|_| (lcg(seed) % 256) as i16 - 128).collect())
+                .collect();
+            let dm = (0..QTILE_R)
+                .map(|_| {
+                    (0..nom / 16)
+                        .map(|_| (lcg(seed) % 100) as f32 * 1e-4)
+                        .collect()
+                })
+                .collect();
+            let bs = (0..TILE_C)
+                .map(|_| (0..nom).map(|_| (lcg(seed) % 4065) as i16 - 2032).collect())
+                .collect();
             let a = (0..TILE_C)
                 .map(|c| {
                     (0..n)
@@ -655,6 +796,9 @@ mod tests {
                 q,
                 sc,
                 dw,
+                om,
+                dm,
+                bs,
                 a,
                 da,
                 bias,
@@ -668,6 +812,9 @@ mod tests {
                 q: std::array::from_fn(|r| &self.q[r][..]),
                 sc: std::array::from_fn(|r| &self.sc[r][..]),
                 dw: std::array::from_fn(|r| &self.dw[r][..]),
+                om: std::array::from_fn(|r| &self.om[r][..]),
+                dm: std::array::from_fn(|r| &self.dm[r][..]),
+                bs: std::array::from_fn(|c| &self.bs[c][..]),
                 a: std::array::from_fn(|c| &self.a[c][..]),
                 da: &self.da,
                 da_stride: self.stride,
@@ -684,6 +831,95 @@ mod tests {
                     (g - e).abs() <= 1e-5 * e.abs().max(1.0),
                     "{what} [{r}][{c}]: {g} vs {e}"
                 );
+            }
+        }
+    }
+
+    /// The SIMD strips (one check, unchecked tiles inside) against the scalar tile strip, with
+    /// row counts that leave partial row groups, partial column groups, padded row strides
+    /// and results accumulated onto existing values.
+    #[test]
+    fn simd_strips_match_scalar_twin() {
+        let mut seed = 23;
+        for isa in available_isas() {
+            let Some(k) = kernels(isa) else {
+                continue;
+            };
+            for (kquant, nsb) in [(true, 1usize), (true, 3), (false, 2), (false, 6)] {
+                let (unit, lanes) = if kquant { (QK_K, SC_LANES) } else { (32, 0) };
+                for (rows, nc) in [(1usize, 1usize), (4, 3), (7, 4), (9, 2)] {
+                    let (qs, ss, ds) = (nsb * unit + 32, nsb * lanes + 16, nsb + 1);
+                    let qmax = if kquant { 64 } else { 32 };
+                    let q: Vec<u8> = (0..rows * qs)
+                        .map(|_| (lcg(&mut seed) % qmax) as u8)
+                        .collect();
+                    let sc: Vec<i16> = (0..rows * ss)
+                        .map(|l| ((l / 8 * 29 + 3) % 128) as i16 - 64)
+                        .collect();
+                    let dw: Vec<f32> = (0..rows * ds)
+                        .map(|_| (lcg(&mut seed) % 100) as f32 * 1e-4)
+                        .collect();
+                    let nom = if kquant { 16 } else { 0 };
+                    let om: Vec<i16> = (0..rows * ds * nom)
+                        .map(|_| (lcg(&mut seed) % 64) as i16)
+                        .collect();
+                    let dm: Vec<f32> = (0..rows * ds * nom / 16)
+                        .map(|_| (lcg(&mut seed) % 100) as f32 * 1e-4)
+                        .collect();
+                    let bs: Vec<Vec<i16>> = (0..TILE_C)
+                        .map(|_| {
+                            (0..nsb * nom)
+                                .map(|_| (lcg(&mut seed) % 4065) as i16 - 2032)
+                                .collect()
+                        })
+                        .collect();
+                    let a: Vec<Vec<i8>> = (0..TILE_C)
+                        .map(|_| (0..nsb * unit).map(|_| lcg(&mut seed) as i8).collect())
+                        .collect();
+                    let m = nsb * 8 + 8;
+                    let da: Vec<f32> = (0..m)
+                        .map(|_| (lcg(&mut seed) % 100) as f32 * 1e-3)
+                        .collect();
+                    let bias: Vec<i32> = (0..m)
+                        .map(|_| (lcg(&mut seed) % 8129) as i32 - 4064)
+                        .collect();
+                    let s = QStrip {
+                        nsb,
+                        unit,
+                        rows,
+                        nc,
+                        q: &q,
+                        q_stride: qs,
+                        sc: &sc,
+                        sc_stride: if kquant { ss } else { 0 },
+                        dw: &dw,
+                        dw_stride: ds,
+                        om: &om,
+                        dm: &dm,
+                        bs: std::array::from_fn(|c| &bs[c][..]),
+                        a: std::array::from_fn(|c| &a[c][..]),
+                        da: &da,
+                        da_stride: 8,
+                        bias: &bias,
+                    };
+                    let init: Vec<f32> = (0..nc * rows).map(|i| i as f32 * 0.5 - 3.0).collect();
+                    let (mut got, mut want) = (init.clone(), init.clone());
+                    if kquant {
+                        (k.strip)(&s, &mut got);
+                        strip_with(tile_scalar, &s, &mut want);
+                    } else {
+                        (k.strip32)(&s, &mut got);
+                        strip_with(tile32_scalar, &s, &mut want);
+                    }
+                    // Tolerance as the tile tests' (the SIMD tile sums each super-block's
+                    // halves in f32 apart), on the strip's own part of each result.
+                    for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - e).abs() <= 2e-5 * (e - init[i]).abs().max(1.0),
+                            "{isa:?} kquant={kquant} nsb={nsb} rows={rows} nc={nc} [{i}]: {g} vs {e}"
+                        );
+                    }
+                }
             }
         }
     }
@@ -714,14 +950,15 @@ mod tests {
             };
             for nsb in [1usize, 2, 4, 7] {
                 for q6 in [false, true] {
-                    // Q4_K: 4-bit quants, unsigned 6-bit scales in equal pairs; Q6_K: 6-bit
-                    // quants, signed 8-bit scales per 16 values.
+                    // Q4_K: 4-bit quants, unsigned 6-bit scales per 32 values (16 lanes);
+                    // Q6_K: 6-bit quants, signed 8-bit scales per 16 values (8 lanes).
                     let (qmax, scale): (u64, fn(&mut u64, usize) -> i16) = if q6 {
-                        (64, |s, _| (lcg(s) % 256) as i16 - 128)
+                        (64, |_, l| ((l / 8 * 101 + 7) % 256) as i16 - 128)
                     } else {
-                        (16, |_, g| ((g / 2 * 37 + 11) % 64) as i16)
+                        (16, |_, l| ((l / 16 * 37 + 11) % 64) as i16)
                     };
-                    let o = Operands::new(&mut seed, (nsb, QK_K, qmax), 16, scale, TILE_C + 3);
+                    let sc = SC_LANES;
+                    let o = Operands::new(&mut seed, (nsb, QK_K, qmax), sc, scale, TILE_C + 3);
                     let args = o.args();
                     let what = format!("{isa:?} nsb={nsb} q6={q6}");
                     assert_close(tile(&args), tile_scalar(&args), &what);

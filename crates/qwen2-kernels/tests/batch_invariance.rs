@@ -72,6 +72,8 @@ const SHAPES: &[(GgmlType, usize, usize)] = &[
     (GgmlType::Q8_0, 29, 896),
     (GgmlType::Q8_0, 11, 2080),
     (GgmlType::Q4K, 13, 2560),
+    // k-blocked integer GEMM (k-quant rows longer than 8192 values: blocks of 4096).
+    (GgmlType::Q4K, 5, 8960),
     (GgmlType::Q6K, 17, 512),
     (GgmlType::F32, 10, 70),
     (GgmlType::F16, 7, 1601),

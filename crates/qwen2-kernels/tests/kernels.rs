@@ -252,7 +252,9 @@ fn matmul_awkward_batches_and_rows() {
             check_matmul(ty, rows, cols, batch, &mut rng);
         }
     }
-    // k-blocked panels (cols > 1536; the k-quants' integer GEMM blocks past 2048).
+    // k-blocked panels (cols > 1536; the k-quants' integer GEMM blocks past 8192 values, in
+    // blocks of 4096: 8960 = 4096 + 4096 + 768).
+    check_matmul(GgmlType::Q4K, 5, 8960, 7, &mut rng);
     check_matmul(GgmlType::Q4K, 7, 2560, 6, &mut rng);
     check_matmul(GgmlType::Q4K, 7, 2560, 17, &mut rng);
     check_matmul(GgmlType::Q6K, 5, 4864, 18, &mut rng);

@@ -1,12 +1,16 @@
-//! AVX2 tile of the k-quant integer prompt GEMM (`crate::qgemm`): 3 weight rows x 4 activation
-//! rows, 12 i32 accumulators per super-block, each 32-value chunk one `vpmaddubsw` (unsigned
-//! quants x int8 activations) and one `vpmaddwd` (x the 16-value group scales) per pair.
+//! AVX2 tiles of the integer prompt GEMM (`crate::qgemm`): 3 weight rows x 4 activation rows.
+//! k-quants: 12 i32 accumulators per super-block, each 32-value chunk one `vpmaddubsw`
+//! (unsigned quants x int8 activations) and one `vpmaddwd` (x the group scales) per pair, then
+//! the offsets (one `vpmaddwd` per pair); 32-value blocks: see [`kernel32`]. The strips run a
+//! tile over all rows of a panel with one operand check.
 //!
-//! Scalar twin: `crate::qgemm::tile_scalar` (unit tests in `qgemm`).
+//! Scalar twins: `crate::qgemm::{tile_scalar, tile32_scalar, strip_with}` (unit tests in
+//! `qgemm`), and the quantizers' twins there too.
 
 use crate::gemm::TILE_C;
-use crate::qgemm::QTileArgs;
 use crate::qgemm::QTILE_R as TILE_R;
+use crate::qgemm::SC_LANES;
+use crate::qgemm::{QStrip, QTileArgs};
 use crate::types::QK_K;
 use crate::GgmlType;
 use std::arch::x86_64::*;
@@ -15,8 +19,11 @@ use std::arch::x86_64::*;
 pub(crate) fn tile(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
     let n = t.nsb * QK_K;
     let ok = t.q.iter().all(|q| q.len() >= n)
-        && t.sc.iter().all(|s| s.len() >= t.nsb * 16)
+        && t.sc.iter().all(|s| s.len() >= t.nsb * SC_LANES)
         && t.dw.iter().all(|d| d.len() >= t.nsb)
+        && t.om.iter().all(|o| o.len() >= t.nsb * 16)
+        && t.dm.iter().all(|d| d.len() >= t.nsb)
+        && t.bs.iter().all(|b| b.len() >= t.nsb * 16)
         && t.a.iter().all(|a| a.len() >= n)
         && (t.nsb == 0 || t.da.len() >= (t.nsb - 1) * t.da_stride + TILE_C);
     assert!(ok, "qgemm tile operands shorter than nsb = {}", t.nsb);
@@ -24,6 +31,115 @@ pub(crate) fn tile(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
     // is selected only after `Isa::is_available` confirmed avx2+fma+f16c; the lengths checked
     // above bound every read of the kernel.
     unsafe { kernel(t) }
+}
+
+/// Safe entry of a k-quant strip (`qgemm::QStrip`): checks the operands once, then runs the
+/// tile over every row group with unchecked operand slices.
+pub(crate) fn strip(s: &QStrip, res: &mut [f32]) {
+    assert!(s.unit == QK_K && s.sc_stride > 0, "k-quant strip");
+    strip_checked(s, res, SC_LANES);
+    // SAFETY: AVX2 only (see `tile`); `strip_checked` bounds every slice `strip_kernel` builds.
+    unsafe { strip_kernel::<false>(s, res) }
+}
+
+/// Safe entry of a 32-value-block strip (see [`strip`]).
+pub(crate) fn strip32(s: &QStrip, res: &mut [f32]) {
+    assert!(
+        s.unit == 32 && s.nsb.is_multiple_of(2),
+        "32-value-block strip"
+    );
+    strip_checked(s, res, 0);
+    let pairs = s.nsb / 2;
+    assert!(
+        pairs == 0
+            || (s.da.len() >= (pairs - 1) * s.da_stride + 2 * TILE_C
+                && s.bias.len() >= (pairs - 1) * s.da_stride + 2 * TILE_C),
+        "qgemm strip32 scales"
+    );
+    // SAFETY: as for `strip`.
+    unsafe { strip_kernel::<true>(s, res) }
+}
+
+/// The length checks shared by both strips (`sc_lanes` group-scale lanes per unit).
+fn strip_checked(s: &QStrip, res: &mut [f32], sc_lanes: usize) {
+    let n = s.nsb * s.unit;
+    let last = s.rows.saturating_sub(1);
+    // k-quants: 16 offset multipliers per unit and one offset scale; 16 activation sums.
+    let (om, dm) = if sc_lanes > 0 { (16, 1) } else { (0, 0) };
+    let ok = s.rows > 0
+        && s.om.len() >= (last * s.dw_stride + s.nsb) * om
+        && s.dm.len() >= (last * s.dw_stride + s.nsb) * dm
+        && s.bs.iter().all(|b| b.len() >= s.nsb * om)
+        && (1..=TILE_C).contains(&s.nc)
+        && s.q.len() >= last * s.q_stride + n
+        && s.sc.len() >= last * s.sc_stride + s.nsb * sc_lanes
+        && s.dw.len() >= last * s.dw_stride + s.nsb
+        && s.a.iter().all(|a| a.len() >= n)
+        && (s.nsb == 0 || s.unit == 32 || s.da.len() >= (s.nsb - 1) * s.da_stride + TILE_C)
+        && res.len() >= (s.nc - 1) * s.rows + s.rows;
+    assert!(ok, "qgemm strip operands shorter than nsb = {}", s.nsb);
+}
+
+/// SAFETY (caller): avx2+fma available; operands checked by `strip_checked` (and, for
+/// `PAIRS`, the scale lengths `strip32` checks).
+#[target_feature(enable = "avx2,fma")]
+unsafe fn strip_kernel<const PAIRS: bool>(s: &QStrip, res: &mut [f32]) {
+    const _: () = assert!(TILE_R == 3, "row groups spelled out for 3 rows");
+    let n = s.nsb * s.unit;
+    let scn = if PAIRS { 0 } else { s.nsb * SC_LANES };
+    let mut rt = 0;
+    while rt < s.rows {
+        let last = s.rows - 1;
+        let ri = [rt, (rt + 1).min(last), (rt + 2).min(last)];
+        // SAFETY: every row index is below `rows`, so each span is inside the lengths checked.
+        // (Arrays spelled out: `array::map` closures are not inlined into this function.)
+        let t = unsafe {
+            let q = |r: usize| s.q.get_unchecked(r * s.q_stride..r * s.q_stride + n);
+            let sc = |r: usize| s.sc.get_unchecked(r * s.sc_stride..r * s.sc_stride + scn);
+            let dw = |r: usize| s.dw.get_unchecked(r * s.dw_stride..r * s.dw_stride + s.nsb);
+            // (32-value blocks have no offsets: their slices may be empty, so none is formed.)
+            let ds = s.dw_stride;
+            let om = |r: usize| -> &[i16] {
+                if PAIRS {
+                    &[]
+                } else {
+                    s.om.get_unchecked(16 * r * ds..16 * (r * ds + s.nsb))
+                }
+            };
+            let dm = |r: usize| -> &[f32] {
+                if PAIRS {
+                    &[]
+                } else {
+                    s.dm.get_unchecked(r * ds..r * ds + s.nsb)
+                }
+            };
+            let args = QTileArgs {
+                nsb: s.nsb,
+                q: [q(ri[0]), q(ri[1]), q(ri[2])],
+                sc: [sc(ri[0]), sc(ri[1]), sc(ri[2])],
+                dw: [dw(ri[0]), dw(ri[1]), dw(ri[2])],
+                om: [om(ri[0]), om(ri[1]), om(ri[2])],
+                dm: [dm(ri[0]), dm(ri[1]), dm(ri[2])],
+                bs: s.bs,
+                a: s.a,
+                da: s.da,
+                da_stride: s.da_stride,
+                bias: s.bias,
+            };
+            if PAIRS {
+                kernel32(&args)
+            } else {
+                kernel(&args)
+            }
+        };
+        for (i, tr) in t.iter().enumerate().take((s.rows - rt).min(TILE_R)) {
+            for (c, &v) in tr.iter().enumerate().take(s.nc) {
+                // SAFETY: c < nc and rt + i < rows: inside `res` as checked.
+                unsafe { *res.get_unchecked_mut(c * s.rows + rt + i) += v };
+            }
+        }
+        rt += TILE_R;
+    }
 }
 
 /// Each row's result lanes (columns 0-3 in both 128-bit halves) summed over the halves.
@@ -42,46 +158,135 @@ fn fold_halves(facc: [__m256; TILE_R]) -> [[f32; TILE_C]; TILE_R] {
     out
 }
 
+/// One 32-value step of the tile, in `asm!` so that the 12 accumulators stay in registers
+/// and each activation vector is a memory operand of `vpmaddubsw`: left to itself LLVM keeps
+/// the 4 activation vectors in registers and spills 3 accumulators (measured ~1.3x slower).
+/// Per weight row: its quants and its scale lanes loaded once, then per column one
+/// `vpmaddubsw` (u8 quants x i8 activations, pair sums in i16: at most 2 * 63 * 127 = 16002),
+/// one `vpmaddwd` (x the pair's group scale, to i32) and one add.
+macro_rules! kstep {
+    ($acc:ident, $q:ident, $sc:ident, $a:ident, $off:expr) => {
+        std::arch::asm!(
+            "vmovdqu {w}, ymmword ptr [{q0} + {off}]",
+            "vmovdqu {s}, ymmword ptr [{s0} + {off}]",
+            "vpmaddubsw {t}, {w}, ymmword ptr [{a0} + {off}]",
+            "vpmaddwd {t}, {t}, {s}",
+            "vpaddd {c00}, {c00}, {t}",
+            "vpmaddubsw {t}, {w}, ymmword ptr [{a1} + {off}]",
+            "vpmaddwd {t}, {t}, {s}",
+            "vpaddd {c01}, {c01}, {t}",
+            "vpmaddubsw {t}, {w}, ymmword ptr [{a2} + {off}]",
+            "vpmaddwd {t}, {t}, {s}",
+            "vpaddd {c02}, {c02}, {t}",
+            "vpmaddubsw {t}, {w}, ymmword ptr [{a3} + {off}]",
+            "vpmaddwd {t}, {t}, {s}",
+            "vpaddd {c03}, {c03}, {t}",
+            "vmovdqu {w}, ymmword ptr [{q1} + {off}]",
+            "vmovdqu {s}, ymmword ptr [{s1} + {off}]",
+            "vpmaddubsw {t}, {w}, ymmword ptr [{a0} + {off}]",
+            "vpmaddwd {t}, {t}, {s}",
+            "vpaddd {c10}, {c10}, {t}",
+            "vpmaddubsw {t}, {w}, ymmword ptr [{a1} + {off}]",
+            "vpmaddwd {t}, {t}, {s}",
+            "vpaddd {c11}, {c11}, {t}",
+            "vpmaddubsw {t}, {w}, ymmword ptr [{a2} + {off}]",
+            "vpmaddwd {t}, {t}, {s}",
+            "vpaddd {c12}, {c12}, {t}",
+            "vpmaddubsw {t}, {w}, ymmword ptr [{a3} + {off}]",
+            "vpmaddwd {t}, {t}, {s}",
+            "vpaddd {c13}, {c13}, {t}",
+            "vmovdqu {w}, ymmword ptr [{q2} + {off}]",
+            "vmovdqu {s}, ymmword ptr [{s2} + {off}]",
+            "vpmaddubsw {t}, {w}, ymmword ptr [{a0} + {off}]",
+            "vpmaddwd {t}, {t}, {s}",
+            "vpaddd {c20}, {c20}, {t}",
+            "vpmaddubsw {t}, {w}, ymmword ptr [{a1} + {off}]",
+            "vpmaddwd {t}, {t}, {s}",
+            "vpaddd {c21}, {c21}, {t}",
+            "vpmaddubsw {t}, {w}, ymmword ptr [{a2} + {off}]",
+            "vpmaddwd {t}, {t}, {s}",
+            "vpaddd {c22}, {c22}, {t}",
+            "vpmaddubsw {t}, {w}, ymmword ptr [{a3} + {off}]",
+            "vpmaddwd {t}, {t}, {s}",
+            "vpaddd {c23}, {c23}, {t}",
+            q0 = in(reg) $q[0],
+            q1 = in(reg) $q[1],
+            q2 = in(reg) $q[2],
+            s0 = in(reg) $sc[0],
+            s1 = in(reg) $sc[1],
+            s2 = in(reg) $sc[2],
+            a0 = in(reg) $a[0],
+            a1 = in(reg) $a[1],
+            a2 = in(reg) $a[2],
+            a3 = in(reg) $a[3],
+            off = in(reg) $off,
+            w = out(ymm_reg) _,
+            s = out(ymm_reg) _,
+            t = out(ymm_reg) _,
+            c00 = inout(ymm_reg) $acc[0][0],
+            c01 = inout(ymm_reg) $acc[0][1],
+            c02 = inout(ymm_reg) $acc[0][2],
+            c03 = inout(ymm_reg) $acc[0][3],
+            c10 = inout(ymm_reg) $acc[1][0],
+            c11 = inout(ymm_reg) $acc[1][1],
+            c12 = inout(ymm_reg) $acc[1][2],
+            c13 = inout(ymm_reg) $acc[1][3],
+            c20 = inout(ymm_reg) $acc[2][0],
+            c21 = inout(ymm_reg) $acc[2][1],
+            c22 = inout(ymm_reg) $acc[2][2],
+            c23 = inout(ymm_reg) $acc[2][3],
+            options(nostack, preserves_flags, readonly, pure),
+        )
+    };
+}
+
 /// SAFETY (caller): avx2+fma available; operand lengths as checked by [`tile`].
 #[target_feature(enable = "avx2,fma")]
 unsafe fn kernel(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
-    let q = t.q.map(|s| s.as_ptr());
-    let sc = t.sc.map(|s| s.as_ptr());
-    let a = t.a.map(|s| s.as_ptr());
+    const _: () = assert!(
+        TILE_R == 3 && TILE_C == 4,
+        "kstep! is written for a 3 x 4 tile"
+    );
+    // (Arrays spelled out: `array::map` calls are not always inlined here.)
+    let q = [t.q[0].as_ptr(), t.q[1].as_ptr(), t.q[2].as_ptr()];
+    let sc = [t.sc[0].as_ptr(), t.sc[1].as_ptr(), t.sc[2].as_ptr()];
+    let a = [
+        t.a[0].as_ptr(),
+        t.a[1].as_ptr(),
+        t.a[2].as_ptr(),
+        t.a[3].as_ptr(),
+    ];
     // facc[r]: lanes 0-3 the low halves' partial sums for columns 0-3, lanes 4-7 the high.
     let mut facc = [_mm256_setzero_ps(); TILE_R];
-    // Spreads a pair of i16 group scales (one dword) over a 32-value chunk's 16 i16 lanes:
-    // the first scale to lanes 0-7 (low 128 bits), the second to lanes 8-15.
-    let spread = _mm256_setr_epi8(
-        0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3,
-        2, 3,
-    );
-    // SAFETY: every offset stays below the lengths `tile` checked (s < nsb, k < 8).
+    // SAFETY: every offset stays below the lengths `tile` checked: quants and activations
+    // `off + 32 <= nsb * 256`, and the scale lanes are as many bytes (2 per value pair).
     unsafe {
         for s in 0..t.nsb {
             let mut acc = [[_mm256_setzero_si256(); TILE_C]; TILE_R];
             for k in 0..QK_K / 32 {
                 let off = s * QK_K + 32 * k;
-                for r in 0..TILE_R {
-                    let w = _mm256_loadu_si256(q[r].add(off) as *const __m256i);
-                    let pair = std::ptr::read_unaligned(sc[r].add(s * 16 + 2 * k) as *const i32);
-                    let scv = _mm256_shuffle_epi8(_mm256_set1_epi32(pair), spread);
-                    for c in 0..TILE_C {
-                        let x = _mm256_loadu_si256(a[c].add(off) as *const __m256i);
-                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), scv);
-                        acc[r][c] = _mm256_add_epi32(acc[r][c], p);
-                    }
-                }
+                kstep!(acc, q, sc, a, off);
             }
             // Four columns' accumulators into one vector per row (each lane from one column's
             // accumulator only), then one scaled FMA.
             let da = _mm256_broadcast_ps(&*(t.da.as_ptr().add(s * t.da_stride) as *const __m128));
+            let bs = [0, 1, 2, 3]
+                .map(|c| _mm256_loadu_si256(t.bs[c].as_ptr().add(16 * s) as *const __m256i));
             for r in 0..TILE_R {
                 let h01 = _mm256_hadd_epi32(acc[r][0], acc[r][1]);
                 let h23 = _mm256_hadd_epi32(acc[r][2], acc[r][3]);
                 let h = _mm256_cvtepi32_ps(_mm256_hadd_epi32(h01, h23));
                 let d = _mm256_mul_ps(_mm256_set1_ps(*t.dw[r].as_ptr().add(s)), da);
                 facc[r] = _mm256_fmadd_ps(h, d, facc[r]);
+                // The offsets: 16 multipliers x 16 activation sums per column, folded alike.
+                let om = _mm256_loadu_si256(t.om[r].as_ptr().add(16 * s) as *const __m256i);
+                let o01 =
+                    _mm256_hadd_epi32(_mm256_madd_epi16(om, bs[0]), _mm256_madd_epi16(om, bs[1]));
+                let o23 =
+                    _mm256_hadd_epi32(_mm256_madd_epi16(om, bs[2]), _mm256_madd_epi16(om, bs[3]));
+                let o = _mm256_cvtepi32_ps(_mm256_hadd_epi32(o01, o23));
+                let dm = _mm256_mul_ps(_mm256_set1_ps(*t.dm[r].as_ptr().add(s)), da);
+                facc[r] = _mm256_fnmadd_ps(o, dm, facc[r]);
             }
         }
     }
@@ -89,29 +294,39 @@ unsafe fn kernel(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
 }
 
 /// AVX2 twin of `qgemm::unpack_block_scalar`: one super-block into 256 unsigned quants and 8
-/// 16-value group scales; returns the super-block scale `d`.
-pub(crate) fn unpack_block(ty: GgmlType, b: &[u8], q: &mut [u8], sc: &mut [i16]) -> f32 {
+/// group scales spread over `SC_LANES` lanes; returns the super-block scale `d`.
+pub(crate) fn unpack_block(
+    ty: GgmlType,
+    b: &[u8],
+    q: &mut [u8],
+    sc: &mut [i16],
+    om: &mut [i16],
+) -> (f32, f32) {
     assert!(
-        b.len() >= ty.type_size() && q.len() >= QK_K && sc.len() >= 16,
+        b.len() >= ty.type_size() && q.len() >= QK_K && sc.len() >= SC_LANES && om.len() >= 16,
         "qgemm unpack operands too short"
     );
     // SAFETY: only called when `qgemm::tile_fn` returned this module's tile, i.e. after
     // avx2+fma+f16c were detected; lengths checked above bound every access.
     unsafe {
         match ty {
-            GgmlType::Q4K => unpack_q4k(b, q, sc),
-            GgmlType::Q6K => unpack_q6k(b, q, sc),
+            GgmlType::Q4K => unpack_q4k(b, q, sc, om),
+            GgmlType::Q6K => unpack_q6k(b, q, sc, om),
             _ => unreachable!("qgemm admits Q4_K and Q6_K only"),
         }
     }
 }
 
-/// SAFETY (caller): avx2 available; `b` >= 144 bytes, `q` >= 256, `sc` >= 16 entries.
+/// SAFETY (caller): avx2 available; `b` >= 144 bytes, `q` >= 256, `sc` >= `SC_LANES` entries.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn unpack_q4k(b: &[u8], q: &mut [u8], sc: &mut [i16]) -> f32 {
-    let (scales, _) = crate::scalar::k4_scales_mins(&b[4..16]);
+unsafe fn unpack_q4k(b: &[u8], q: &mut [u8], sc: &mut [i16], om: &mut [i16]) -> (f32, f32) {
+    let (scales, mins) = crate::scalar::k4_scales_mins(&b[4..16]);
+    for (g, v) in om[..16].iter_mut().enumerate() {
+        *v = mins[g / 2] as i16;
+    }
     let m4 = _mm256_set1_epi8(0x0F);
-    // SAFETY: in bounds per the caller's contract (16 + 4 * 32 <= 144, 4 * 64 <= 256).
+    // SAFETY: in bounds per the caller's contract (16 + 4 * 32 <= 144, 4 * 64 <= 256,
+    // 8 * 16 <= SC_LANES).
     unsafe {
         for j in 0..4 {
             let v = _mm256_loadu_si256(b.as_ptr().add(16 + 32 * j) as *const __m256i);
@@ -121,20 +336,20 @@ unsafe fn unpack_q4k(b: &[u8], q: &mut [u8], sc: &mut [i16]) -> f32 {
             _mm256_storeu_si256(qp.add(32) as *mut __m256i, hi);
         }
         for (k, &s) in scales.iter().enumerate() {
-            sc[2 * k] = s as i16;
-            sc[2 * k + 1] = s as i16;
+            let v = _mm256_set1_epi16(s as i16);
+            _mm256_storeu_si256(sc.as_mut_ptr().add(16 * k) as *mut __m256i, v);
         }
     }
-    crate::scalar::f16_at(b, 0)
+    (crate::scalar::f16_at(b, 0), crate::scalar::f16_at(b, 2))
 }
 
-/// SAFETY (caller): avx2 available; `b` >= 210 bytes, `q` >= 256, `sc` >= 16 entries.
+/// SAFETY (caller): avx2 available; `b` >= 210 bytes, `q` >= 256, `sc` >= `SC_LANES` entries.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn unpack_q6k(b: &[u8], q: &mut [u8], sc: &mut [i16]) -> f32 {
+unsafe fn unpack_q6k(b: &[u8], q: &mut [u8], sc: &mut [i16], om: &mut [i16]) -> (f32, f32) {
     let m4 = _mm256_set1_epi8(0x0F);
     let m30 = _mm256_set1_epi8(0x30);
     // SAFETY: in bounds per the caller's contract (ql: 128 bytes, qh: 128..192, scales:
-    // 192..208; q: 256 bytes; sc: 16 entries).
+    // 192..208; q: 256 bytes; sc: SC_LANES entries).
     unsafe {
         let p = b.as_ptr();
         for n in 0..2 {
@@ -153,10 +368,15 @@ unsafe fn unpack_q6k(b: &[u8], q: &mut [u8], sc: &mut [i16]) -> f32 {
             _mm256_storeu_si256(qp.add(2), _mm256_or_si256(l2, h2));
             _mm256_storeu_si256(qp.add(3), _mm256_or_si256(l3, h3));
         }
+        for g in 0..16 {
+            let v = _mm_set1_epi16(*p.add(192 + g) as i8 as i16);
+            _mm_storeu_si128(sc.as_mut_ptr().add(8 * g) as *mut __m128i, v);
+        }
         let s8 = _mm_loadu_si128(p.add(192) as *const __m128i);
-        _mm256_storeu_si256(sc.as_mut_ptr() as *mut __m256i, _mm256_cvtepi8_epi16(s8));
+        _mm256_storeu_si256(om.as_mut_ptr() as *mut __m256i, _mm256_cvtepi8_epi16(s8));
     }
-    crate::scalar::f16_at(b, 208)
+    let d = crate::scalar::f16_at(b, 208);
+    (d, 32.0 * d)
 }
 
 /// Safe entry of the 32-value-block tile (Q5_0, blocks in pairs: `qgemm::pos32`): checks the
@@ -175,6 +395,52 @@ pub(crate) fn tile32(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
     unsafe { kernel32(t) }
 }
 
+/// One weight row's block pair against the tile's 4 activation rows: per column the two
+/// `vpmaddubsw` of the pair's vectors, added in i16. In `asm!` so that the activations are
+/// memory operands: LLVM otherwise holds all 8 activation vectors in registers across the
+/// rows and spills.
+///
+/// SAFETY (caller): avx2 available; 64 bytes readable at `w` and at each `a[c] + off`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pair_dots(w: *const u8, a: [*const i8; TILE_C], off: usize) -> [__m256i; TILE_C] {
+    let (p0, p1, p2, p3);
+    // SAFETY: per the caller's contract; reads only.
+    unsafe {
+        std::arch::asm!(
+            "vmovdqu {w1}, ymmword ptr [{w}]",
+            "vmovdqu {w2}, ymmword ptr [{w} + 32]",
+            "vpmaddubsw {p0}, {w1}, ymmword ptr [{a0} + {off}]",
+            "vpmaddubsw {t}, {w2}, ymmword ptr [{a0} + {off} + 32]",
+            "vpaddw {p0}, {p0}, {t}",
+            "vpmaddubsw {p1}, {w1}, ymmword ptr [{a1} + {off}]",
+            "vpmaddubsw {t}, {w2}, ymmword ptr [{a1} + {off} + 32]",
+            "vpaddw {p1}, {p1}, {t}",
+            "vpmaddubsw {p2}, {w1}, ymmword ptr [{a2} + {off}]",
+            "vpmaddubsw {t}, {w2}, ymmword ptr [{a2} + {off} + 32]",
+            "vpaddw {p2}, {p2}, {t}",
+            "vpmaddubsw {p3}, {w1}, ymmword ptr [{a3} + {off}]",
+            "vpmaddubsw {t}, {w2}, ymmword ptr [{a3} + {off} + 32]",
+            "vpaddw {p3}, {p3}, {t}",
+            w = in(reg) w,
+            a0 = in(reg) a[0],
+            a1 = in(reg) a[1],
+            a2 = in(reg) a[2],
+            a3 = in(reg) a[3],
+            off = in(reg) off,
+            w1 = out(ymm_reg) _,
+            w2 = out(ymm_reg) _,
+            t = out(ymm_reg) _,
+            p0 = out(ymm_reg) p0,
+            p1 = out(ymm_reg) p1,
+            p2 = out(ymm_reg) p2,
+            p3 = out(ymm_reg) p3,
+            options(nostack, preserves_flags, readonly, pure),
+        );
+    }
+    [p0, p1, p2, p3]
+}
+
 /// Per block pair and weight row: two `vpmaddubsw` per activation row (one per pair vector),
 /// added; the four columns folded by one round of 16-bit horizontal adds, `vpmaddwd` to i32
 /// and one 32-bit horizontal add, so lanes 0-3 hold columns 0-3 of the pair's first block and
@@ -185,8 +451,13 @@ pub(crate) fn tile32(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
 /// SAFETY (caller): avx2+fma available; operand lengths as checked by [`tile32`].
 #[target_feature(enable = "avx2,fma")]
 unsafe fn kernel32(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
-    let q = t.q.map(|s| s.as_ptr());
-    let a = t.a.map(|s| s.as_ptr());
+    let q = [t.q[0].as_ptr(), t.q[1].as_ptr(), t.q[2].as_ptr()];
+    let a = [
+        t.a[0].as_ptr(),
+        t.a[1].as_ptr(),
+        t.a[2].as_ptr(),
+        t.a[3].as_ptr(),
+    ];
     let ones = _mm256_set1_epi16(1);
     let pick = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
     let mut facc = [_mm256_setzero_ps(); TILE_R];
@@ -194,19 +465,10 @@ unsafe fn kernel32(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
     unsafe {
         for j in 0..t.nsb / 2 {
             let off = 64 * j;
-            let x1 = a.map(|p| _mm256_loadu_si256(p.add(off) as *const __m256i));
-            let x2 = a.map(|p| _mm256_loadu_si256(p.add(off + 32) as *const __m256i));
             let da = _mm256_loadu_ps(t.da.as_ptr().add(j * t.da_stride));
             let bias = _mm256_loadu_si256(t.bias.as_ptr().add(j * t.da_stride) as *const __m256i);
             for r in 0..TILE_R {
-                let w1 = _mm256_loadu_si256(q[r].add(off) as *const __m256i);
-                let w2 = _mm256_loadu_si256(q[r].add(off + 32) as *const __m256i);
-                let p: [__m256i; TILE_C] = std::array::from_fn(|c| {
-                    _mm256_add_epi16(
-                        _mm256_maddubs_epi16(w1, x1[c]),
-                        _mm256_maddubs_epi16(w2, x2[c]),
-                    )
-                });
+                let p = pair_dots(q[r].add(off), a, off);
                 let m01 = _mm256_madd_epi16(_mm256_hadd_epi16(p[0], p[1]), ones);
                 let m23 = _mm256_madd_epi16(_mm256_hadd_epi16(p[2], p[3]), ones);
                 let s = _mm256_sub_epi32(_mm256_hadd_epi32(m01, m23), bias);
@@ -327,5 +589,69 @@ unsafe fn quant32_kernel(x: *const f32, q: *mut i8) -> f32 {
         let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256(q as *mut __m256i, b);
         amax / 127.0
+    }
+}
+
+/// AVX2 twin of `qgemm::quant_k_scalar` (bitwise: the same largest-magnitude value, first on
+/// ties, sets the scale's sign as in ggml's `quantize_row_q8_K`; the same products; `vcvtps2dq`
+/// rounds half to even like `nearest_int`).
+pub(crate) fn quant_k(x: &[f32], q: &mut [i8], sums: &mut [i16; 16]) -> f32 {
+    assert!(x.len() >= QK_K && q.len() >= QK_K, "quant_k operands");
+    // SAFETY: only handed out on AVX2 (see `tile`); 256 values in and out checked above.
+    unsafe { quant_k_kernel(x.as_ptr(), q.as_mut_ptr(), sums) }
+}
+
+/// SAFETY (caller): avx2 available; 256 readable f32 at `x`, 256 writable bytes at `q`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quant_k_kernel(x: *const f32, q: *mut i8, sums: &mut [i16; 16]) -> f32 {
+    // SAFETY: per the caller's contract (32 vectors of 8 values, 8 stores of 32 bytes).
+    unsafe {
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_setzero_ps();
+        for i in 0..QK_K / 8 {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x.add(8 * i))));
+        }
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+        if amax == 0.0 {
+            std::ptr::write_bytes(q, 0, QK_K);
+            *sums = [0; 16];
+            return 0.0;
+        }
+        let av = _mm256_set1_ps(amax);
+        let mut max = amax;
+        for i in 0..QK_K / 8 {
+            let v = _mm256_loadu_ps(x.add(8 * i));
+            let hit =
+                _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_andnot_ps(sign, v), av));
+            if hit != 0 {
+                max = *x.add(8 * i + hit.trailing_zeros() as usize);
+                break;
+            }
+        }
+        let iscale = -127.0 / max;
+        let id = _mm256_set1_ps(iscale);
+        let top = _mm256_set1_epi32(127);
+        let flip = _mm256_set1_epi8(-128);
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for g in 0..QK_K / 32 {
+            let i = [0, 8, 16, 24].map(|o| {
+                let v = _mm256_mul_ps(_mm256_loadu_ps(x.add(32 * g + o)), id);
+                _mm256_min_epi32(_mm256_cvtps_epi32(v), top)
+            });
+            // Packs interleave 128-bit lanes; the dword permute restores value order.
+            let w01 = _mm256_packs_epi32(i[0], i[1]);
+            let w23 = _mm256_packs_epi32(i[2], i[3]);
+            let b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), order);
+            _mm256_storeu_si256(q.add(32 * g) as *mut __m256i, b);
+            // Sums of 8 bytes offset by +128 each (`vpsadbw`), two per 16-value group.
+            let sad = _mm256_sad_epu8(_mm256_xor_si256(b, flip), _mm256_setzero_si256());
+            let mut s = [0i64; 4];
+            _mm256_storeu_si256(s.as_mut_ptr() as *mut __m256i, sad);
+            sums[2 * g] = (s[0] + s[1] - 2048) as i16;
+            sums[2 * g + 1] = (s[2] + s[3] - 2048) as i16;
+        }
+        1.0 / iscale
     }
 }
