@@ -90,7 +90,8 @@ pub struct EvalArgs {
     #[command(flatten)]
     m: ModelArg,
     /// Comma-separated tasks: mmlu, hellaswag, arc_challenge, winogrande, gsm8k, lambada, humaneval,
-    /// math (MATH test, 5000), math500 (MATH-500), mbpp.
+    /// math (MATH test, 5000), math500 (MATH-500), mbpp, and lm-eval's code tasks for instruct
+    /// models (use with --chat) humaneval_instruct, mbpp_instruct.
     #[arg(long, default_value = "mmlu")]
     tasks: String,
     /// Few-shot examples (default: the model card's per task).
@@ -124,9 +125,10 @@ pub struct EvalArgs {
     /// default with a chat template) or joined with the question in one user turn (false).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", requires = "chat")]
     fewshot_as_multiturn: bool,
-    /// Most tokens generated per item (generation tasks).
-    #[arg(long, default_value_t = 256)]
-    max_gen_tokens: usize,
+    /// Most tokens generated per item, for every generation task (default: each task's
+    /// lm-eval limit: 1024 for humaneval and humaneval_instruct, 256 for the others).
+    #[arg(long)]
+    max_gen_tokens: Option<usize>,
     /// KV cache size in tokens.
     #[arg(long, default_value_t = 8192)]
     ctx: usize,

@@ -28,6 +28,9 @@ pub struct TaskResult {
     pub tokens_computed: usize,
     #[serde(default)]
     pub tokens_reused: usize,
+    /// The generation limit the task ran with (generation tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_gen_tokens: Option<usize>,
 }
 
 impl TaskResult {

@@ -31,10 +31,16 @@ pub enum Task {
     Math,
     Math500,
     Mbpp,
+    HumanevalInstruct,
+    MbppInstruct,
 }
 
+/// The generation limit of lm-eval's HFLM when a task's yaml sets no `max_gen_toks`
+/// (`HFLM.max_gen_toks`, lm-eval 0.4.13 `models/huggingface.py`).
+pub const LM_EVAL_DEFAULT_MAX_GEN_TOKS: usize = 256;
+
 impl Task {
-    pub const ALL: [Task; 10] = [
+    pub const ALL: [Task; 12] = [
         Task::Mmlu,
         Task::Hellaswag,
         Task::ArcChallenge,
@@ -45,6 +51,8 @@ impl Task {
         Task::Math,
         Task::Math500,
         Task::Mbpp,
+        Task::HumanevalInstruct,
+        Task::MbppInstruct,
     ];
 
     pub fn name(self) -> &'static str {
@@ -59,6 +67,8 @@ impl Task {
             Task::Math => "math",
             Task::Math500 => "math500",
             Task::Mbpp => "mbpp",
+            Task::HumanevalInstruct => "humaneval_instruct",
+            Task::MbppInstruct => "mbpp_instruct",
         }
     }
 
@@ -82,8 +92,8 @@ impl Task {
             Task::Hellaswag => 10,
             Task::ArcChallenge => 25,
             Task::Gsm8k | Task::Math | Task::Math500 => 4,
-            Task::Mbpp => 3,
-            Task::Lambada | Task::Humaneval => 0,
+            Task::Mbpp | Task::MbppInstruct => 3,
+            Task::Lambada | Task::Humaneval | Task::HumanevalInstruct => 0,
         }
     }
 
@@ -94,8 +104,27 @@ impl Task {
             Task::Hellaswag | Task::ArcChallenge => "acc_norm",
             Task::Gsm8k => "exact_match_strict",
             Task::Lambada => "bits_per_byte",
-            Task::Humaneval | Task::Mbpp => "pass@1",
+            Task::Humaneval | Task::Mbpp | Task::HumanevalInstruct | Task::MbppInstruct => "pass@1",
             Task::Math | Task::Math500 => "exact_match",
+        }
+    }
+
+    /// Most tokens generated per item, as lm-eval 0.4.13 sets it for the task we follow: the
+    /// yaml's `generation_kwargs.max_gen_toks` (1024 in `humaneval.yaml`, which
+    /// `humaneval_instruct.yaml` includes; 256 in `mbpp_instruct.yaml`), else HFLM's 256
+    /// (`gsm8k-cot.yaml`, `minerva_math_*.yaml`, `mbpp.yaml` set none). `None`: no generation.
+    pub fn default_max_gen_tokens(self) -> Option<usize> {
+        match self {
+            Task::Humaneval | Task::HumanevalInstruct => Some(1024),
+            Task::MbppInstruct => Some(256),
+            Task::Gsm8k | Task::Math | Task::Math500 | Task::Mbpp => {
+                Some(LM_EVAL_DEFAULT_MAX_GEN_TOKS)
+            }
+            Task::Mmlu
+            | Task::Hellaswag
+            | Task::ArcChallenge
+            | Task::Winogrande
+            | Task::Lambada => None,
         }
     }
 }
@@ -114,11 +143,21 @@ pub struct EvalConfig {
     /// The first N items of each subtask (MMLU's 57 subjects), as lm-eval's `--limit N` on a
     /// group; tasks without subtasks take their first N. Applied before `limit`.
     pub limit_per_subtask: Option<usize>,
-    pub max_gen_tokens: usize,
+    /// Most tokens generated per item, for every generation task; `None`: each task's
+    /// lm-eval limit ([`Task::default_max_gen_tokens`]).
+    pub max_gen_tokens: Option<usize>,
     /// KV cache size in tokens.
     pub ctx: usize,
     /// Identifies the model in the settings fingerprint (its file hash).
     pub model_id: String,
+}
+
+impl EvalConfig {
+    /// The generation limit `task` runs with (`None` for a task that generates nothing).
+    pub fn max_gen_tokens_for(&self, task: Task) -> Option<usize> {
+        task.default_max_gen_tokens()
+            .map(|d| self.max_gen_tokens.unwrap_or(d))
+    }
 }
 
 pub const ENGINE_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -153,6 +192,10 @@ enum Check {
     Math(String),
     /// MBPP: the completion followed by the problem's asserts must pass.
     Mbpp(Box<crate::data::MbppDoc>),
+    /// HumanEval for instruct models: the completion cut at its closing fence.
+    HumanEvalInstruct(Box<crate::data::HumanEvalDoc>),
+    /// MBPP for instruct models: the code extracted from the completion's fence.
+    MbppInstruct(Box<crate::data::MbppDoc>),
 }
 
 pub fn sha256_hex(s: &str) -> String {
@@ -160,31 +203,6 @@ pub fn sha256_hex(s: &str) -> String {
 }
 
 impl Runner<'_> {
-    fn settings(&self, task: Task, shots: usize) -> Json {
-        let mut s = json!({
-            "task": task.name(),
-            "shots": shots,
-            "seed": self.cfg.seed,
-            "chat": self.cfg.chat,
-            "max_gen_tokens": self.cfg.max_gen_tokens,
-            "model": self.cfg.model_id,
-            "engine_version": ENGINE_VERSION,
-        });
-        // Only with --chat, so that folders of plain runs keep resuming. Chat prompts are
-        // rendered as lm-eval renders them ("lm-eval-0.4.13"); folders of earlier chat runs
-        // (the whole prompt as one user turn) are refused rather than mixed. MATH and MBPP
-        // examples became turns later ("…-gen-turns").
-        if self.cfg.chat {
-            let format = match task {
-                Task::Math | Task::Math500 | Task::Mbpp => "lm-eval-0.4.13-gen-turns",
-                _ => "lm-eval-0.4.13",
-            };
-            s["chat_format"] = json!(format);
-            s["fewshot_as_multiturn"] = json!(self.cfg.fewshot_as_multiturn);
-        }
-        s
-    }
-
     /// The text the model sees for `prompt`: plain, or rendered with the chat template.
     pub fn render(&self, prompt: &tasks::FewShotPrompt) -> Result<String> {
         if !self.cfg.chat {
@@ -282,6 +300,29 @@ impl Runner<'_> {
                         .collect(),
                 )
             }
+            Task::HumanevalInstruct => Work::Gen(
+                d.humaneval()?
+                    .into_iter()
+                    .map(|doc| GenItem {
+                        id: doc.task_id.clone(),
+                        prompt: tasks::humaneval_instruct::fewshot_prompt(&doc),
+                        check: Check::HumanEvalInstruct(Box::new(doc)),
+                    })
+                    .collect(),
+            ),
+            Task::MbppInstruct => {
+                let k = shots.min(tasks::mbpp::EXEMPLARS.len());
+                Work::Gen(
+                    d.mbpp_test()?
+                        .into_iter()
+                        .map(|doc| GenItem {
+                            id: doc.task_id.to_string(),
+                            prompt: tasks::mbpp_instruct::fewshot_prompt(&doc, k),
+                            check: Check::MbppInstruct(Box::new(doc)),
+                        })
+                        .collect(),
+                )
+            }
             Task::Mbpp => {
                 let k = shots.min(tasks::mbpp::EXEMPLARS.len());
                 Work::Gen(
@@ -321,18 +362,11 @@ impl Runner<'_> {
         let shots = self.cfg.shots.unwrap_or(task.default_shots());
         let t0 = Instant::now();
         std::fs::create_dir_all(self.out_dir).map_err(io(self.out_dir))?;
-        let settings = self.settings(task, shots);
+        let settings = settings(self.cfg, task, shots);
         let settings_path = self.out_dir.join(format!("{}.settings.json", task.name()));
         let samples_path = self.out_dir.join(format!("{}.samples.jsonl", task.name()));
         if let Ok(old) = std::fs::read_to_string(&settings_path) {
-            let old: Json = serde_json::from_str(&old).unwrap_or(Json::Null);
-            if old != settings {
-                return Err(Error::Invalid(format!(
-                    "{} holds {} results made with other settings ({old}); use another --out folder or remove it",
-                    self.out_dir.display(),
-                    task.name()
-                )));
-            }
+            check_settings(task, &old, &settings, self.out_dir)?;
         }
         std::fs::write(&settings_path, settings.to_string()).map_err(io(&settings_path))?;
         let mut records = read_records(&samples_path)?;
@@ -354,6 +388,7 @@ impl Runner<'_> {
         // The ids of the items to run, and how to score item `i` into its record.
         type ScoreFn<'s> = Box<dyn FnMut(usize) -> Result<Json> + 's>;
         let sc = &mut scorer;
+        let max_gen = self.cfg.max_gen_tokens_for(task).unwrap_or(0);
         let (ids, mut score): (Vec<&str>, ScoreFn<'_>) = match &work {
             Work::Mc(items) => {
                 let items = &items[..limit(items.len())];
@@ -363,7 +398,10 @@ impl Runner<'_> {
             Work::Gen(items) => {
                 let items = &items[..limit(items.len())];
                 let ids = items.iter().map(|i| i.id.as_str()).collect();
-                (ids, Box::new(move |i| self.score_gen(sc, &items[i])))
+                (
+                    ids,
+                    Box::new(move |i| self.score_gen(sc, &items[i], max_gen)),
+                )
             }
         };
         let total = ids.len();
@@ -396,19 +434,27 @@ impl Runner<'_> {
             seconds: t0.elapsed().as_secs_f64(),
             tokens_computed: scorer.computed_tokens,
             tokens_reused: scorer.reused_tokens,
+            max_gen_tokens: self.cfg.max_gen_tokens_for(task),
         })
     }
 
-    /// Greedy generation for `item`, judged.
-    fn score_gen(&self, scorer: &mut Scorer<'_>, item: &GenItem) -> Result<Json> {
+    /// Greedy generation for `item` (at most `max_tokens` tokens), judged.
+    fn score_gen(
+        &self,
+        scorer: &mut Scorer<'_>,
+        item: &GenItem,
+        max_tokens: usize,
+    ) -> Result<Json> {
         let prompt = self.render(&item.prompt)?;
         let stop: &[&str] = match item.check {
             Check::Number(_) => &tasks::gsm8k::STOP,
             Check::HumanEval(_) => &tasks::humaneval::STOP,
             Check::Math(_) => &tasks::math::STOP,
             Check::Mbpp(_) => &tasks::mbpp::STOP,
+            Check::HumanEvalInstruct(_) => &tasks::humaneval_instruct::STOP,
+            Check::MbppInstruct(_) => &tasks::mbpp_instruct::STOP,
         };
-        let text = scorer.greedy(&prompt, self.cfg.max_gen_tokens, stop, &self.model.eos_ids)?;
+        let text = scorer.greedy(&prompt, max_tokens, stop, &self.model.eos_ids)?;
         judge(&item.id, &sha256_hex(&prompt), text, &item.check)
     }
 
@@ -460,15 +506,106 @@ impl Runner<'_> {
     }
 }
 
+/// What a task's results depend on, written to `<task>.settings.json`.
+fn settings(cfg: &EvalConfig, task: Task, shots: usize) -> Json {
+    let mut s = json!({
+        "task": task.name(),
+        "shots": shots,
+        "seed": cfg.seed,
+        "chat": cfg.chat,
+        "model": cfg.model_id,
+        "engine_version": ENGINE_VERSION,
+    });
+    // The limit the task really runs with; none for log-likelihood tasks.
+    if let Some(n) = cfg.max_gen_tokens_for(task) {
+        s["max_gen_tokens"] = json!(n);
+    }
+    // Only with --chat, so that folders of plain runs keep resuming. Chat prompts are
+    // rendered as lm-eval renders them ("lm-eval-0.4.13"); folders of earlier chat runs
+    // (the whole prompt as one user turn) are refused rather than mixed. MATH and MBPP
+    // examples became turns later ("…-gen-turns").
+    if cfg.chat {
+        let format = match task {
+            Task::Math | Task::Math500 | Task::Mbpp | Task::MbppInstruct => {
+                "lm-eval-0.4.13-gen-turns"
+            }
+            _ => "lm-eval-0.4.13",
+        };
+        s["chat_format"] = json!(format);
+        s["fewshot_as_multiturn"] = json!(cfg.fewshot_as_multiturn);
+    }
+    s
+}
+
+/// Refuses a folder whose results were made with `old` settings (the text of its
+/// `<task>.settings.json`) other than `new`, naming the settings that differ.
+fn check_settings(task: Task, old: &str, new: &Json, dir: &Path) -> Result<()> {
+    let mut old: Json = serde_json::from_str(old).unwrap_or(Json::Null);
+    // Earlier versions recorded the generation limit for log-likelihood tasks too, where it
+    // changes nothing.
+    if task.default_max_gen_tokens().is_none() {
+        if let Some(o) = old.as_object_mut() {
+            o.remove("max_gen_tokens");
+        }
+    }
+    if &old == new {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "{} holds {} results made with other settings ({}); use another --out folder or remove it",
+        dir.display(),
+        task.name(),
+        settings_diff(&old, new)
+    )))
+}
+
 /// `prompt` rendered with a chat template as lm-eval 0.4.13 renders it (`fewshot_context`
-/// with `apply_chat_template`): its messages, then the assistant's generation prompt.
+/// with `apply_chat_template`): its messages, then the assistant's generation prompt; or, for
+/// a task with a `gen_prefix`, the messages up to the prefix's assistant turn left open
+/// (transformers' `continue_final_message`, which lm-eval asks for then).
 pub fn render_chat(
     tpl: &ChatTemplate,
     prompt: &tasks::FewShotPrompt,
     multiturn: bool,
 ) -> Result<String> {
-    tpl.render(&prompt.messages(multiturn), true, None)
-        .map_err(|e| Error::Tokenizer(e.to_string()))
+    let mut messages = prompt.messages(multiturn);
+    let tok_err = |e: qwen2_core::qwen2_tokenizer::TokenizerError| Error::Tokenizer(e.to_string());
+    if prompt.gen_prefix.is_none() {
+        return tpl.render(&messages, true, None).map_err(tok_err);
+    }
+    // As transformers does it: mark the end of the last message, render, cut at the mark.
+    const TAG: &str = "CONTINUE_FINAL_MESSAGE_TAG ";
+    if let Some(last) = messages.last_mut() {
+        last.content.push_str(TAG);
+    }
+    let rendered = tpl.render(&messages, false, None).map_err(tok_err)?;
+    let at = rendered.rfind(TAG.trim_end()).ok_or_else(|| {
+        Error::Invalid(
+            "the chat template drops the answer's start (gen_prefix) of the prompt".into(),
+        )
+    })?;
+    Ok(if rendered[at..].starts_with(TAG) {
+        rendered[..at].to_string()
+    } else {
+        // The template trimmed the message's trailing space.
+        rendered[..at].trim_end().to_string()
+    })
+}
+
+/// The settings that differ, "name: old there, new now", for the refusal message.
+fn settings_diff(old: &Json, new: &Json) -> String {
+    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
+        return format!("{old}");
+    };
+    let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let show = |v: Option<&Json>| v.map_or("unset".to_string(), Json::to_string);
+    keys.into_iter()
+        .filter(|k| o.get(*k) != n.get(*k))
+        .map(|k| format!("{k}: {} there, {} now", show(o.get(k)), show(n.get(k))))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The record of one generation, with its verdict.
@@ -513,6 +650,38 @@ fn judge(id: &str, prompt_sha: &str, text: String, check: &Check) -> Result<Json
         Check::Mbpp(doc) => {
             let program = tasks::mbpp::program(doc, &text);
             program_record(&program, id, prompt_sha, &text)?
+        }
+        Check::HumanEvalInstruct(doc) => {
+            let program = tasks::humaneval_instruct::program(doc, &text);
+            program_record(&program, id, prompt_sha, &text)?
+        }
+        Check::MbppInstruct(doc) => {
+            // lm-eval 0.4.13's extraction (its score), and the same with the language-tag fix;
+            // the second program runs only when the extracted code differs.
+            let code = tasks::mbpp_instruct::extract_code(&text);
+            let fixed = tasks::mbpp_instruct::extract_code_fixed(&text);
+            let mut rec = program_record(
+                &tasks::mbpp_instruct::program(doc, &code),
+                id,
+                prompt_sha,
+                &text,
+            )?;
+            let pass_fixed = if fixed == code {
+                rec["pass@1"].clone()
+            } else {
+                let r = program_record(
+                    &tasks::mbpp_instruct::program(doc, &fixed),
+                    id,
+                    prompt_sha,
+                    &text,
+                )?;
+                rec["verdict_fixed_extraction"] = r["verdict"].clone();
+                r["pass@1"].clone()
+            };
+            rec["extracted"] = json!(code);
+            rec["extracted_fixed"] = json!(fixed);
+            rec["pass@1_fixed_extraction"] = pass_fixed;
+            rec
         }
     })
 }
@@ -581,8 +750,13 @@ fn aggregate(task: Task, records: &[Json]) -> std::collections::BTreeMap<String,
                 mean_stderr(&field(records, "exact_match_flexible")),
             );
         }
-        Task::Humaneval | Task::Mbpp => {
+        Task::Humaneval | Task::Mbpp | Task::HumanevalInstruct => {
             m.insert("pass@1".into(), mean_stderr(&field(records, "pass@1")));
+        }
+        Task::MbppInstruct => {
+            for name in ["pass@1", "pass@1_fixed_extraction"] {
+                m.insert(name.into(), mean_stderr(&field(records, name)));
+            }
         }
         Task::Math | Task::Math500 => {
             for name in ["exact_match", "exact_match_boxed"] {
@@ -634,4 +808,113 @@ fn aggregate(task: Task, records: &[Json]) -> std::collections::BTreeMap<String,
         }
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(max_gen_tokens: Option<usize>) -> EvalConfig {
+        EvalConfig {
+            shots: None,
+            limit: None,
+            seed: 1234,
+            chat: false,
+            fewshot_as_multiturn: true,
+            limit_per_subtask: None,
+            max_gen_tokens,
+            ctx: 4096,
+            model_id: "m".into(),
+        }
+    }
+
+    #[test]
+    fn generation_limits_default_to_lm_evals_and_the_flag_overrides_all() {
+        // lm-eval 0.4.13, lm_eval/tasks/: humaneval/humaneval.yaml `max_gen_toks: 1024` (and
+        // humaneval_instruct.yaml, which includes it), mbpp/mbpp_instruct.yaml
+        // `max_gen_toks: 256`; gsm8k/gsm8k-cot.yaml, minerva_math/minerva_math_algebra.yaml
+        // (and minerva_math500.yaml) and mbpp/mbpp.yaml set none, so HFLM's `max_gen_toks`
+        // property (models/huggingface.py) gives 256. tests/lm_eval_instruct.rs checks these
+        // against lm-eval's built tasks (fixtures/eval/lm_eval_instruct_prompts.json).
+        let want = [
+            (Task::Humaneval, 1024),
+            (Task::HumanevalInstruct, 1024),
+            (Task::MbppInstruct, 256),
+            (Task::Gsm8k, 256),
+            (Task::Math, 256),
+            (Task::Math500, 256),
+            (Task::Mbpp, 256),
+        ];
+        for (t, n) in want {
+            assert_eq!(t.default_max_gen_tokens(), Some(n), "{}", t.name());
+            assert_eq!(cfg(None).max_gen_tokens_for(t), Some(n));
+            assert_eq!(cfg(Some(64)).max_gen_tokens_for(t), Some(64));
+        }
+        for t in Task::ALL {
+            if !want.iter().any(|(w, _)| *w == t) {
+                assert_eq!(cfg(Some(64)).max_gen_tokens_for(t), None, "{}", t.name());
+            }
+        }
+    }
+
+    #[test]
+    fn settings_record_the_real_limit_and_refuse_another() {
+        let dir = Path::new("out");
+        let he = settings(&cfg(None), Task::Humaneval, 0);
+        assert_eq!(he["max_gen_tokens"], 1024);
+        assert_eq!(
+            settings(&cfg(Some(300)), Task::Humaneval, 0)["max_gen_tokens"],
+            300
+        );
+        assert!(settings(&cfg(None), Task::Mmlu, 5)
+            .get("max_gen_tokens")
+            .is_none());
+        // A humaneval folder of the single 256-token default is refused, saying why.
+        let old = json!({
+            "task": "humaneval", "shots": 0, "seed": 1234, "chat": false,
+            "max_gen_tokens": 256, "model": "m", "engine_version": ENGINE_VERSION,
+        });
+        let err = check_settings(Task::Humaneval, &old.to_string(), &he, dir)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_gen_tokens: 256 there, 1024 now"), "{err}");
+        // Given explicitly, the old limit resumes it.
+        let he256 = settings(&cfg(Some(256)), Task::Humaneval, 0);
+        check_settings(Task::Humaneval, &old.to_string(), &he256, dir).unwrap();
+        // GSM8K's lm-eval limit is the old default: its folders resume as they were.
+        let mut g = old.clone();
+        g["task"] = json!("gsm8k");
+        g["shots"] = json!(4);
+        check_settings(
+            Task::Gsm8k,
+            &g.to_string(),
+            &settings(&cfg(None), Task::Gsm8k, 4),
+            dir,
+        )
+        .unwrap();
+        // Log-likelihood folders recorded a limit they never used: ignored.
+        let mut m = old;
+        m["task"] = json!("mmlu");
+        m["shots"] = json!(5);
+        check_settings(
+            Task::Mmlu,
+            &m.to_string(),
+            &settings(&cfg(None), Task::Mmlu, 5),
+            dir,
+        )
+        .unwrap();
+        m["seed"] = json!(7);
+        let err = check_settings(
+            Task::Mmlu,
+            &m.to_string(),
+            &settings(&cfg(None), Task::Mmlu, 5),
+            dir,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("seed: 7 there, 1234 now") && !err.contains("max_gen"),
+            "{err}"
+        );
+    }
 }

@@ -91,7 +91,7 @@ fn run_writes_records_and_resumes() {
         chat: false,
         fewshot_as_multiturn: true,
         limit_per_subtask: None,
-        max_gen_tokens: 64,
+        max_gen_tokens: Some(64),
         ctx: 4096,
         model_id: "test".into(),
     };

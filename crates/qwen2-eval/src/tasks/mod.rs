@@ -11,9 +11,11 @@ pub mod arc;
 pub mod gsm8k;
 pub mod hellaswag;
 pub mod humaneval;
+pub mod humaneval_instruct;
 pub mod math;
 pub mod math_equiv;
 pub mod mbpp;
+pub mod mbpp_instruct;
 pub mod mmlu;
 pub mod winogrande;
 
@@ -42,7 +44,8 @@ impl Request {
     }
 
     /// The continuation under a chat template: lm-eval 0.4.13 drops the target delimiter
-    /// when it applies one (`construct_requests`; none of our tasks sets a `gen_prefix`).
+    /// when it applies one (`construct_requests`; no log-likelihood task of ours has a
+    /// `gen_prefix`).
     pub fn chat_continuation(&self) -> &str {
         self.continuation
             .strip_prefix(TARGET_DELIMITER)
@@ -51,8 +54,8 @@ impl Request {
 }
 
 /// A prompt as lm-eval's `fewshot_context` assembles it before rendering (`build_qa_turn`
-/// messages): the task description, the examples as (question, answer) turns, and the
-/// question asked. Rendered as plain text (base models), or as chat messages for a chat
+/// messages): the task description, the examples as (question, answer) turns, the question
+/// asked, and the start of the answer when the task has a `gen_prefix`. Rendered as plain text (base models), or as chat messages for a chat
 /// template (`--chat`, lm-eval's `--apply_chat_template`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FewShotPrompt {
@@ -63,6 +66,10 @@ pub struct FewShotPrompt {
     /// lm-eval's `target_delimiter` between an example's question and answer in plain text
     /// (" ", [`TARGET_DELIMITER`]; MBPP's is ""). Turns do not carry it.
     pub target_delimiter: &'static str,
+    /// lm-eval's `gen_prefix`: the start of the answer, written for the model, which continues
+    /// it (plain text: appended to the question; chat: an assistant turn the template leaves
+    /// open). It also starts every example's answer.
+    pub gen_prefix: Option<String>,
 }
 
 impl Default for FewShotPrompt {
@@ -72,6 +79,7 @@ impl Default for FewShotPrompt {
             shots: Vec::new(),
             question: String::new(),
             target_delimiter: TARGET_DELIMITER,
+            gen_prefix: None,
         }
     }
 }
@@ -86,24 +94,57 @@ impl FewShotPrompt {
     }
 
     /// Plain text: description, each example as question + target delimiter + answer +
-    /// "\n\n", question.
+    /// "\n\n", question, then the `gen_prefix` (after the target delimiter when neither side
+    /// of the join is whitespace).
     pub fn text(&self) -> String {
         let mut s = self.description.clone();
+        s.push_str(&self.body_text());
+        if let Some(g) = &self.gen_prefix {
+            if requires_delimiter(&self.question, g) {
+                s.push_str(self.target_delimiter);
+            }
+            s.push_str(g);
+        }
+        s
+    }
+
+    /// The examples and the question as plain text (what lm-eval's `multiturn_to_singleturn`
+    /// puts in one user turn).
+    fn body_text(&self) -> String {
+        let mut s = String::new();
         for (q, a) in &self.shots {
             s.push_str(q);
-            s.push_str(self.target_delimiter);
-            s.push_str(a);
+            s.push_str(self.shot_delimiter(q));
+            s.push_str(&self.shot_answer(a));
             s.push_str(FEWSHOT_DELIMITER);
         }
         s.push_str(&self.question);
         s
     }
 
+    /// Between an example's question and answer (`build_qa_turn`): the target delimiter,
+    /// except with a `gen_prefix` whose join with the question has whitespace on a side.
+    fn shot_delimiter(&self, question: &str) -> &'static str {
+        match &self.gen_prefix {
+            Some(g) if !requires_delimiter(question, g) => "",
+            _ => self.target_delimiter,
+        }
+    }
+
+    /// An example's answer: after the `gen_prefix`, if any (lm-eval's `maybe_delimit`).
+    fn shot_answer(&self, answer: &str) -> String {
+        match &self.gen_prefix {
+            Some(g) => maybe_delimit(g, answer),
+            None => answer.to_string(),
+        }
+    }
+
     /// The chat messages lm-eval renders: a system message with the description (if any),
     /// then either each example as a user turn and an assistant turn followed by the question
     /// as a user turn (`multiturn`, lm-eval's `--fewshot_as_multiturn`, its default with
     /// `--apply_chat_template`), or examples and question joined as plain text in one user
-    /// turn (`multiturn_to_singleturn`).
+    /// turn (`multiturn_to_singleturn`). With a `gen_prefix`, it ends the messages as an
+    /// assistant turn for the model to continue ([`crate::run::render_chat`]).
     pub fn messages(&self, multiturn: bool) -> Vec<ChatMessage> {
         let mut m = Vec::new();
         if !self.description.is_empty() {
@@ -112,15 +153,14 @@ impl FewShotPrompt {
         if multiturn {
             for (q, a) in &self.shots {
                 m.push(ChatMessage::new("user", q.clone()));
-                m.push(ChatMessage::new("assistant", a.clone()));
+                m.push(ChatMessage::new("assistant", self.shot_answer(a)));
             }
             m.push(ChatMessage::new("user", self.question.clone()));
         } else {
-            let body = FewShotPrompt {
-                description: String::new(),
-                ..self.clone()
-            };
-            m.push(ChatMessage::new("user", body.text()));
+            m.push(ChatMessage::new("user", self.body_text()));
+        }
+        if let Some(g) = &self.gen_prefix {
+            m.push(ChatMessage::new("assistant", g.clone()));
         }
         m
     }
@@ -162,6 +202,26 @@ impl McItem {
 /// `fewshot_delimiter` follows every example.
 pub const TARGET_DELIMITER: &str = " ";
 pub const FEWSHOT_DELIMITER: &str = "\n\n";
+
+/// lm-eval's `requires_delimiter`: a delimiter joins `prefix` and `suffix` unless one of them
+/// has whitespace at the join (or `prefix` is empty).
+pub fn requires_delimiter(prefix: &str, suffix: &str) -> bool {
+    match (prefix.chars().last(), suffix.chars().next()) {
+        (Some(p), Some(s)) => !(p.is_whitespace() || s.is_whitespace()),
+        (Some(p), None) => !p.is_whitespace(),
+        (None, _) => false,
+    }
+}
+
+/// lm-eval's `maybe_delimit(prefix, suffix, " ")`: the two joined, with a space between them
+/// only when neither has whitespace at the join.
+pub fn maybe_delimit(prefix: &str, suffix: &str) -> String {
+    if prefix.is_empty() || suffix.is_empty() || !requires_delimiter(prefix, suffix) {
+        format!("{prefix}{suffix}")
+    } else {
+        format!("{prefix} {suffix}")
+    }
+}
 
 /// Python's `str.capitalize()`: first character upper case, the rest lower case.
 pub fn py_capitalize(s: &str) -> String {
@@ -225,6 +285,50 @@ mod tests {
         let r = Request::new(&Arc::new(p), " padded");
         assert_eq!(r.continuation, "  padded");
         assert_eq!(r.chat_continuation(), " padded");
+    }
+
+    #[test]
+    fn gen_prefix_joins_as_lm_evals_build_qa_turn() {
+        // No whitespace at a join: the target delimiter (plain text), a space in the answers
+        // (`maybe_delimit`); the prefix is the open last turn under a chat template.
+        let p = FewShotPrompt {
+            shots: vec![("Q1?".into(), "A1".into())],
+            question: "Q2?".into(),
+            gen_prefix: Some("Answer:".into()),
+            ..FewShotPrompt::default()
+        };
+        assert_eq!(p.text(), "Q1? Answer: A1\n\nQ2? Answer:");
+        let turns = |m: Vec<ChatMessage>| -> Vec<(String, String)> {
+            m.into_iter().map(|m| (m.role, m.content)).collect()
+        };
+        let t = |r: &str, c: &str| (r.to_string(), c.to_string());
+        assert_eq!(
+            turns(p.messages(true)),
+            vec![
+                t("user", "Q1?"),
+                t("assistant", "Answer: A1"),
+                t("user", "Q2?"),
+                t("assistant", "Answer:"),
+            ]
+        );
+        assert_eq!(
+            turns(p.messages(false)),
+            vec![
+                t("user", "Q1? Answer: A1\n\nQ2?"),
+                t("assistant", "Answer:")
+            ]
+        );
+        // Whitespace on a side: joined as is.
+        let q = FewShotPrompt {
+            gen_prefix: Some("\n```python\n".into()),
+            target_delimiter: "",
+            ..p
+        };
+        assert_eq!(q.text(), "Q1?\n```python\nA1\n\nQ2?\n```python\n");
+        assert!(requires_delimiter("a", "b") && !requires_delimiter("", "b"));
+        assert!(!requires_delimiter("a ", "b") && !requires_delimiter("a", "\nb"));
+        assert_eq!(maybe_delimit("a", "b"), "a b");
+        assert_eq!(maybe_delimit("a\n", "b"), "a\nb");
     }
 
     #[test]
