@@ -22,11 +22,24 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// `gate[i] = silu(gate[i]) * up[i]` (SwiGLU), in place.
+/// `gate[i] = silu(gate[i]) * up[i]` (SwiGLU), in place. Element-wise, so splitting it over
+/// the pool gives the same bits; it is split only when large enough to pay for the fork (the
+/// serial version was ~35% of the engine thread's own CPU in a batched serve, with the pool
+/// idle meanwhile).
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        let s = *g / (1.0 + (-*g).exp());
-        *g = s * u;
+    const CHUNK: usize = 8192;
+    let one = |g: &mut [f32], up: &[f32]| {
+        for (g, &u) in g.iter_mut().zip(up) {
+            let s = *g / (1.0 + (-*g).exp());
+            *g = s * u;
+        }
+    };
+    if gate.len() < 2 * CHUNK {
+        one(gate, up);
+    } else {
+        gate.par_chunks_mut(CHUNK)
+            .zip(up.par_chunks(CHUNK))
+            .for_each(|(g, u)| one(g, u));
     }
 }
 
@@ -336,6 +349,23 @@ pub fn attention_reference<T: KvRows + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn silu_mul_split_over_the_pool_equals_the_serial_loop() {
+        let n = 8 * 4864 + 5; // a batch of 8 MLP rows, and a ragged last chunk
+        let gate: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.17)
+            .collect();
+        let up: Vec<f32> = (0..n)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.11)
+            .collect();
+        let mut got = gate.clone();
+        silu_mul(&mut got, &up);
+        for ((&g, &u), &y) in gate.iter().zip(&up).zip(&got) {
+            let want = g / (1.0 + (-g).exp()) * u;
+            assert_eq!(y.to_bits(), want.to_bits());
+        }
+    }
 
     #[test]
     fn q8_rows_read_matches_the_kernels_dequantize_at_any_offset() {

@@ -170,6 +170,13 @@ pub struct EngineStats {
     pub requests_total: u64,
     /// Forward passes run (one per scheduler step).
     pub steps_total: u64,
+    /// Wall time of all steps: building the batch, the forward pass, sampling, sending.
+    pub step_seconds_total: f64,
+    /// Of which inside the forward pass (the rest is the engine's own per-step overhead).
+    pub forward_seconds_total: f64,
+    /// Steps with no prompt rows (pure batched decode), and their wall time.
+    pub decode_steps_total: u64,
+    pub decode_step_seconds_total: f64,
 }
 
 /// A request waiting for a slot.
@@ -589,6 +596,7 @@ impl Scheduler {
 
     /// One forward pass over every active sequence, then sampling.
     fn step(&mut self) {
+        let started = Instant::now();
         let mut budget = self.cfg.prefill_chunk;
         let mut work = Vec::with_capacity(self.active.len());
         for (i, s) in self.active.iter().enumerate() {
@@ -641,12 +649,16 @@ impl Scheduler {
                     })
                 })
                 .collect();
-            self.model.model.forward_batch(&mut batch)
+            let t = Instant::now();
+            let r = self.model.model.forward_batch(&mut batch);
+            (r, t.elapsed())
         };
+        let (results, forward_time) = results;
         {
             let mut st = lock(&self.shared.stats);
             st.steps_total += 1;
             st.prefill_tokens_total += prefilled as u64;
+            st.forward_seconds_total += forward_time.as_secs_f64();
         }
         let results = match results {
             Ok(r) => r,
@@ -691,12 +703,19 @@ impl Scheduler {
                 finished.push((w.seq, reason));
             }
         }
-        lock(&self.shared.stats).generated_tokens_total += sampled;
         finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
         for (i, reason) in finished {
             let s = self.active.swap_remove(i);
             s.finish(reason);
             self.retire(s);
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let mut st = lock(&self.shared.stats);
+        st.generated_tokens_total += sampled;
+        st.step_seconds_total += elapsed;
+        if prefilled == 0 {
+            st.decode_steps_total += 1;
+            st.decode_step_seconds_total += elapsed;
         }
     }
 

@@ -87,7 +87,7 @@ impl Metrics {
                 );
             }
         }
-        let counters: [(&str, &str, u64); 6] = [
+        let counters: [(&str, &str, u64); 7] = [
             (
                 "qwen2_prompt_tokens_total",
                 "Prompt tokens processed.",
@@ -114,12 +114,40 @@ impl Metrics {
                 s.steps_total,
             ),
             (
+                "qwen2_engine_decode_steps_total",
+                "Batched forward passes without prompt rows.",
+                s.decode_steps_total,
+            ),
+            (
                 "qwen2_client_disconnects_total",
                 "Streams the client closed before the end.",
                 self.disconnects.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        }
+        let seconds: [(&str, &str, f64); 3] = [
+            (
+                "qwen2_engine_step_seconds_total",
+                "Wall time of engine steps (forward pass, sampling, sending).",
+                s.step_seconds_total,
+            ),
+            (
+                "qwen2_engine_forward_seconds_total",
+                "Wall time inside the batched forward pass.",
+                s.forward_seconds_total,
+            ),
+            (
+                "qwen2_engine_decode_step_seconds_total",
+                "Wall time of steps without prompt rows.",
+                s.decode_step_seconds_total,
+            ),
+        ];
+        for (name, help, v) in seconds {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
