@@ -12,6 +12,18 @@ and prints, per task: how many items have byte-identical prompts (sha256 of the 
 `qwen2 eval` records it), the largest and mean |Δ loglik| over all choices, and how often the
 predictions (argmax of loglik, and of loglik / choice length for acc_norm) agree.
 
+`--reference fast` scores lm-eval's own requests (its tasks, few-shot sampler, context/continuation
+strings, and HFLM's own tokenization: `HFLM.loglikelihood` -> `_encode_pair`) with the same HFLM
+model object, but replaces `HFLM._loglikelihood_tokens` by one forward of each item's shared
+context whose KV cache is reused for each choice, log-softmax only at the continuation positions
+(float32, as lm-eval: same left truncation to max_length, same dropped last token, sum of the
+gathered log-probs). lm-eval's own loop (`--reference lm-eval`, the default) recomputes the
+context for every choice with full-vocabulary logits at every position: ~50 s per request on 2
+cores. Fast results are kept per item in OUT/reference_fast/<task>.jsonl (resumable);
+`--check-recorded FILE` prints their largest difference to the lm-eval column of a recorded run
+(e.g. bench/recorded/lm_eval_agreement_n10.txt). `--skip-ours` compares with the items already in
+OUT/ours instead of running `qwen2 eval` (a partial run: the missing items are counted).
+
 Needs a venv with lm-eval and torch (e.g. /work/lmeval-venv) and a release build of qwen2:
     cargo build --release -p qwen2-cli
     /work/lmeval-venv/bin/python bench/lm_eval_agreement.py --n 100
@@ -73,15 +85,25 @@ def run_ours(args, tasks):
     out = os.path.join(args.out, "ours")
     cmd = [args.qwen2, "eval", "-m", args.model, "--exact", "--tasks", ",".join(tasks),
            "--limit", str(args.n), "--seed", "1234", "--out", out]
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    if args.skip_ours:
+        print("(not run, items already in the folder:)", "$", " ".join(cmd), flush=True)
+    else:
+        print("$", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
     res = {}
     for t in tasks:
         recs = {}
-        with open(os.path.join(out, f"{t}.samples.jsonl")) as f:
+        path = os.path.join(out, f"{t}.samples.jsonl")
+        if not os.path.exists(path):
+            res[t] = recs
+            continue
+        with open(path) as f:
             for line in f:
                 if line.strip():
-                    r = json.loads(line)
+                    try:
+                        r = json.loads(line)
+                    except json.JSONDecodeError:  # a line being written by a run still going
+                        continue
                     recs[r["id"]] = r
         res[t] = recs
     return res
@@ -156,6 +178,115 @@ def argmax(v):
     return max(range(len(v)), key=lambda i: (v[i], -i))
 
 
+def fast_loglikelihood_tokens(lm, requests, disable_tqdm=False, override_bs=None):
+    """Drop-in for `HFLM._loglikelihood_tokens` (causal models): same inputs (lm-eval's own
+    (context, continuation) token ids), same numbers up to float rounding, but the context shared
+    by an item's choices is run once and its KV cache reused; log-softmax only where scored."""
+    import copy
+    import torch
+    import torch.nn.functional as F
+
+    def score(logits, cont):
+        # lm-eval: log_softmax over the whole vocabulary in the model's dtype (float32 here),
+        # gather the continuation tokens, float(sum).
+        lp = F.log_softmax(logits, dim=-1)
+        toks = torch.tensor(cont, dtype=torch.long)
+        return float(lp.gather(1, toks[:, None]).sum()), bool((lp.argmax(-1) == toks).all())
+
+    max_len = lm.max_length
+    res = [None] * len(requests)
+    by_ctx = {}
+    for k, (_, ctx, cont) in enumerate(requests):
+        assert len(ctx) > 0 and len(cont) > 0 and len(cont) <= max_len
+        by_ctx.setdefault(tuple(ctx), []).append(k)
+    with torch.inference_mode():
+        for ctx, ks in by_ctx.items():
+            if any(len(ctx) + len(requests[k][2]) > max_len + 1 for k in ks):
+                # lm-eval truncates (context + continuation) from the left to max_length + 1 and
+                # drops the last token: score exactly that window, one forward per choice.
+                for k in ks:
+                    cont = requests[k][2]
+                    window = (list(ctx) + cont)[-(max_len + 1):][:-1]
+                    logits = lm.model(torch.tensor([window], dtype=torch.long)).logits[0]
+                    res[k] = score(logits[-len(cont):], cont)
+                continue
+            # Input = context + continuation[:-1]; the logits scoring the continuation are the
+            # context's last position followed by those of continuation[:-1].
+            out = lm.model(torch.tensor([list(ctx)], dtype=torch.long), use_cache=True, logits_to_keep=1)
+            first = out.logits[0, -1:]
+            for k in ks:
+                cont = requests[k][2]
+                logits = first
+                if len(cont) > 1:
+                    cache = copy.deepcopy(out.past_key_values)
+                    rest = lm.model(torch.tensor([cont[:-1]], dtype=torch.long), past_key_values=cache,
+                                    use_cache=True).logits[0]
+                    logits = torch.cat([first, rest])
+                res[k] = score(logits, cont)
+    return res
+
+
+def read_recorded(path):
+    """{(task, id): [lm-eval loglik]} from a recorded agreement report's per-item lines."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            if "|" not in line or line.startswith(("|", "#")):
+                continue
+            left, right = line.split("|")
+            head = left.split()
+            if len(head) < 3 or head[0] not in TASKS:
+                continue
+            out[(head[0], head[1])] = [float(x) for x in right.split()]
+    return out
+
+
+SECONDS = {}  # per task: the time spent scoring its cached items, over all (resumed) runs
+
+
+def reference_fast(args, lm, P, tm, t):
+    """{our id: (lm-eval logliks, choices, contexts)}, resumable via OUT/reference_fast/<t>.jsonl."""
+    path = os.path.join(args.out, "reference_fast", f"{t}.jsonl")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    done = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    try:
+                        r = json.loads(line)
+                    except json.JSONDecodeError:  # a line being written by a run still going
+                        continue
+                    done[r["id"]] = r["loglik"]
+                    SECONDS[t] = SECONDS.get(t, 0.0) + r.get("seconds", 0.0)
+    ref = {}
+    with open(path, "a") as f:
+        for our_id, insts, choices in lm_eval_requests(P, tm, t, args.n):
+            if our_id not in done:
+                if lm is None:  # --cached-only
+                    continue
+                t0 = time.time()
+                lls = [ll for ll, _ in lm.loglikelihood(insts, disable_tqdm=True)]
+                done[our_id] = lls
+                SECONDS[t] = SECONDS.get(t, 0.0) + time.time() - t0
+                f.write(json.dumps({"id": our_id, "loglik": lls, "seconds": round(time.time() - t0, 1)}) + "\n")
+                f.flush()
+                print(f"  {t} {our_id}: {time.time() - t0:.0f} s", flush=True)
+            ref[our_id] = (done[our_id], choices, [i.arguments[0] for i in insts])
+    return ref
+
+
+def reference_lm_eval(args, lm, P, tm, t):
+    items = lm_eval_requests(P, tm, t, args.n)
+    flat = [i for _, insts, _ in items for i in insts]
+    lls = lm.loglikelihood(flat, disable_tqdm=True)
+    ref, pos = {}, 0
+    for our_id, insts, choices in items:
+        ref[our_id] = ([ll for ll, _ in lls[pos:pos + len(insts)]], choices, [i.arguments[0] for i in insts])
+        pos += len(insts)
+    return ref
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100, help="items per task (default 100)")
@@ -165,6 +296,15 @@ def main():
     ap.add_argument("--data", default=os.path.expanduser("~/.cache/qwen2/data"))
     ap.add_argument("--out", default="lm-eval-agreement-out")
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("--reference", choices=["lm-eval", "fast"], default="lm-eval",
+                    help="lm-eval: HFLM.loglikelihood as is; fast: the same requests and tokens, "
+                         "context computed once per item (see above)")
+    ap.add_argument("--skip-ours", action="store_true", help="use the items already in OUT/ours")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="with --reference fast: compare only the items already in OUT/reference_fast "
+                         "(loads no model; a run still going or stopped by a deadline)")
+    ap.add_argument("--check-recorded", metavar="REPORT",
+                    help="print the largest |reference - recorded lm-eval loglik| over the items of REPORT")
     ap.add_argument("--convert", metavar="LM_EVAL_RESULTS_JSON", help="only convert an lm-eval results file")
     args = ap.parse_args()
     if args.convert:
@@ -193,31 +333,31 @@ def main():
     P = load_prompts_module()
     P.ROOT = args.data
     tm = TaskManager()
+    if args.cached_only and args.reference != "fast":
+        sys.exit("--cached-only needs --reference fast")
     t0 = time.time()
-    lm = HFLM(pretrained=os.path.dirname(os.path.abspath(args.model)),
-              gguf_file=os.path.basename(args.model), dtype="float32", device="cpu", batch_size=1)
+    lm = None if args.cached_only else HFLM(
+        pretrained=os.path.dirname(os.path.abspath(args.model)),
+        gguf_file=os.path.basename(args.model), dtype="float32", device="cpu", batch_size=1)
+    if args.reference == "fast" and lm is not None:
+        lm._loglikelihood_tokens = lambda reqs, **kw: fast_loglikelihood_tokens(lm, reqs, **kw)
     t_load = time.time() - t0
 
-    rows, detail = [], {}
+    rows, detail, refs = [], {}, {}
     t0 = time.time()
     for t in tasks:
-        items = lm_eval_requests(P, tm, t, args.n)
-        flat = [i for _, insts, _ in items for i in insts]
-        lls = lm.loglikelihood(flat, disable_tqdm=True)
-        pos = 0
+        ref = (reference_fast if args.reference == "fast" else reference_lm_eval)(args, lm, P, tm, t)
+        refs[t] = ref
         stats = {"n": 0, "missing": 0, "same_prompt": 0, "max_abs": 0.0, "sum_abs": 0.0, "n_ll": 0,
-                 "pred_agree": 0, "norm_agree": 0}
+                 "pred_agree": 0, "norm_agree": 0, "acc_ours": 0, "acc_ref": 0, "norm_ours": 0, "norm_ref": 0}
         per_item = []
-        for our_id, insts, choices in items:
-            theirs = [ll for ll, _ in lls[pos:pos + len(insts)]]
-            pos += len(insts)
+        for our_id, (theirs, choices, contexts) in ref.items():
             mine = ours[t].get(our_id)
             if mine is None:
                 stats["missing"] += 1
                 continue
             stats["n"] += 1
-            sha = prompt_sha([i.arguments[0] for i in insts])
-            same = sha == mine["prompt_sha256"]
+            same = prompt_sha(contexts) == mine["prompt_sha256"]
             stats["same_prompt"] += same
             diffs = [abs(a - b) for a, b in zip(mine["loglik"], theirs)]
             stats["max_abs"] = max([stats["max_abs"], *diffs])
@@ -228,14 +368,20 @@ def main():
             # acc_norm divides by the length of the choice text (lm-eval's doc_to_choice).
             norm = argmax([ll / max(len(c), 1) for ll, c in zip(theirs, choices)])
             stats["norm_agree"] += norm == mine["pred_norm"]
+            stats["acc_ours"] += mine["pred"] == mine["gold"]
+            stats["acc_ref"] += pred == mine["gold"]
+            stats["norm_ours"] += mine["pred_norm"] == mine["gold"]
+            stats["norm_ref"] += norm == mine["gold"]
             per_item.append({"id": our_id, "same_prompt": same, "ours": mine["loglik"], "lm_eval": theirs,
                              "pred_ours": mine["pred"], "pred_lm_eval": pred, "gold": mine["gold"]})
         detail[t] = {"stats": stats, "items": per_item}
         rows.append((t, stats))
     t_lm = time.time() - t0
 
+    how = ("HF float32 CPU, lm-eval's requests and tokens, context once per item (--reference fast)"
+           if args.reference == "fast" else "HF, float32, CPU")
     print(f"\nqwen2 eval --exact vs lm-eval {getattr(sys.modules.get('lm_eval'), '__version__', '?')} "
-          f"(HF, float32, CPU), {os.path.basename(args.model)}, first {args.n} items")
+          f"({how}), {os.path.basename(args.model)}, first {args.n} items")
     print(f"| task | items | same prompt | max abs dloglik | mean abs dloglik | pred agree | pred_norm agree |")
     print(f"|---|---|---|---|---|---|---|")
     for t, s in rows:
@@ -244,10 +390,34 @@ def main():
               f"{s['same_prompt']}/{s['n']} | {s['max_abs']:.2e} | {s['sum_abs'] / max(s['n_ll'], 1):.2e} | "
               f"{s['pred_agree']}/{s['n']} | {s['norm_agree'] if t != 'winogrande' else '-'}"
               f"{'/%d' % s['n'] if t != 'winogrande' else ''} |")
-    print(f"\ntimes: qwen2 eval {t_ours:.0f} s, lm-eval model load {t_load:.0f} s, lm-eval scoring {t_lm:.0f} s")
+    print("\nitems scored: " + "; ".join(f"{t}: reference {len(refs[t])}/{args.n}, ours {len(ours[t])}/{args.n}"
+                                          for t in tasks))
+    print("accuracy on the items both sides scored (ours | lm-eval): "
+          + "; ".join(f"{t} acc {s['acc_ours']}/{s['n']} | {s['acc_ref']}/{s['n']}"
+                      + (f", acc_norm {s['norm_ours']}/{s['n']} | {s['norm_ref']}/{s['n']}" if t != "winogrande" else "")
+                      for t, s in rows))
+    print(f"\ntimes: qwen2 eval {t_ours:.0f} s{' (not run here)' if args.skip_ours else ''}, "
+          f"lm-eval model load {t_load:.0f} s, lm-eval scoring {t_lm:.0f} s ({args.reference})")
+    if SECONDS:
+        print("fast reference, scoring time summed over its items (all runs): "
+              + ", ".join(f"{t} {s:.0f} s" for t, s in SECONDS.items()))
+    if args.check_recorded:
+        rec = read_recorded(args.check_recorded)
+        worst, count = 0.0, 0
+        for (t, our_id), theirs in rec.items():
+            if t in refs and our_id in refs[t]:
+                mine = refs[t][our_id][0]
+                worst = max([worst, *(abs(a - b) for a, b in zip(mine, theirs))])
+                count += len(theirs)
+        print(f"check vs {args.check_recorded}: {count} logliks, max |{args.reference} - recorded lm-eval| = {worst:.2e}")
     with open(os.path.join(args.out, "agreement.json"), "w") as f:
-        json.dump({"n": args.n, "model": args.model, "tasks": detail}, f, indent=1)
+        json.dump({"n": args.n, "model": args.model, "reference": args.reference, "tasks": detail}, f, indent=1)
     print(f"per-item numbers: {os.path.join(args.out, 'agreement.json')}")
+    print("\n# per item: id gold  ours loglik | lm-eval loglik")
+    for t in tasks:
+        for it in detail[t]["items"]:
+            print(f"{t} {it['id']} {it['gold']} " + " ".join(f"{x:.5f}" for x in it["ours"]) + " | "
+                  + " ".join(f"{x:.5f}" for x in it["lm_eval"]))
 
 
 if __name__ == "__main__":
