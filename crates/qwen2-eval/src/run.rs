@@ -310,28 +310,26 @@ impl Runner<'_> {
                     })
                     .collect(),
             ),
-            Task::MbppInstruct => {
+            Task::Mbpp | Task::MbppInstruct => {
                 let k = shots.min(tasks::mbpp::EXEMPLARS.len());
+                let instruct = task == Task::MbppInstruct;
                 Work::Gen(
                     d.mbpp_test()?
                         .into_iter()
-                        .map(|doc| GenItem {
-                            id: doc.task_id.to_string(),
-                            prompt: tasks::mbpp_instruct::fewshot_prompt(&doc, k),
-                            check: Check::MbppInstruct(Box::new(doc)),
-                        })
-                        .collect(),
-                )
-            }
-            Task::Mbpp => {
-                let k = shots.min(tasks::mbpp::EXEMPLARS.len());
-                Work::Gen(
-                    d.mbpp_test()?
-                        .into_iter()
-                        .map(|doc| GenItem {
-                            id: doc.task_id.to_string(),
-                            prompt: tasks::mbpp::fewshot_prompt(&doc, k),
-                            check: Check::Mbpp(Box::new(doc)),
+                        .map(|doc| {
+                            let id = doc.task_id.to_string();
+                            if instruct {
+                                let prompt = tasks::mbpp_instruct::fewshot_prompt(&doc, k);
+                                let check = Check::MbppInstruct(Box::new(doc));
+                                GenItem { id, prompt, check }
+                            } else {
+                                let prompt = tasks::mbpp::fewshot_prompt(&doc, k);
+                                GenItem {
+                                    id,
+                                    prompt,
+                                    check: Check::Mbpp(Box::new(doc)),
+                                }
+                            }
                         })
                         .collect(),
                 )

@@ -293,8 +293,9 @@ unsafe fn kernel(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
     fold_halves(facc)
 }
 
-/// AVX2 twin of `qgemm::unpack_block_scalar`: one super-block into 256 unsigned quants and 8
-/// group scales spread over `SC_LANES` lanes; returns the super-block scale `d`.
+/// AVX2 twin of `qgemm::unpack_block_scalar`: one super-block into 256 unsigned quants, its
+/// group scales spread over `SC_LANES` lanes and its 16 offset multipliers; returns the
+/// super-block scale `d` and the offset scale `dm`.
 pub(crate) fn unpack_block(
     ty: GgmlType,
     b: &[u8],
