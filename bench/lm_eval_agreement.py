@@ -81,6 +81,18 @@ def load_prompts_module():
 
 # ------------------------------------------------------------------ ours
 
+
+def read_jsonl(path):
+    """The records of a JSON-lines file, skipping blank lines and a last line that a run still
+    going is writing."""
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+
 def run_ours(args, tasks):
     out = os.path.join(args.out, "ours")
     cmd = [args.qwen2, "eval", "-m", args.model, "--exact", "--tasks", ",".join(tasks),
@@ -97,14 +109,8 @@ def run_ours(args, tasks):
         if not os.path.exists(path):
             res[t] = recs
             continue
-        with open(path) as f:
-            for line in f:
-                if line.strip():
-                    try:
-                        r = json.loads(line)
-                    except json.JSONDecodeError:  # a line being written by a run still going
-                        continue
-                    recs[r["id"]] = r
+        for r in read_jsonl(path):
+            recs[r["id"]] = r
         res[t] = recs
     return res
 
@@ -250,15 +256,9 @@ def reference_fast(args, lm, P, tm, t):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     done = {}
     if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                if line.strip():
-                    try:
-                        r = json.loads(line)
-                    except json.JSONDecodeError:  # a line being written by a run still going
-                        continue
-                    done[r["id"]] = r["loglik"]
-                    SECONDS[t] = SECONDS.get(t, 0.0) + r.get("seconds", 0.0)
+        for r in read_jsonl(path):
+            done[r["id"]] = r["loglik"]
+            SECONDS[t] = SECONDS.get(t, 0.0) + r.get("seconds", 0.0)
     ref = {}
     with open(path, "a") as f:
         for our_id, insts, choices in lm_eval_requests(P, tm, t, args.n):
