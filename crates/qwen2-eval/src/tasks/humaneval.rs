@@ -25,10 +25,11 @@ pub fn program(doc: &HumanEvalDoc, completion: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn doc() -> HumanEvalDoc {
+    /// A one-assert problem, shared with `humaneval_instruct`'s tests.
+    pub(crate) fn doc() -> HumanEvalDoc {
         HumanEvalDoc {
             task_id: "HumanEval/x".into(),
             prompt: "def add(a, b):\n    \"\"\"Sum.\"\"\"\n".into(),

@@ -52,16 +52,7 @@ pub fn program(doc: &HumanEvalDoc, completion: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn doc() -> HumanEvalDoc {
-        HumanEvalDoc {
-            task_id: "HumanEval/x".into(),
-            prompt: "def add(a, b):\n    \"\"\"Sum.\"\"\"\n".into(),
-            canonical_solution: "    return a + b\n".into(),
-            test: "def check(candidate):\n    assert candidate(1, 2) == 3\n".into(),
-            entry_point: "add".into(),
-        }
-    }
+    use crate::tasks::humaneval::tests::doc;
 
     #[test]
     fn prompt_ends_with_the_open_fence() {

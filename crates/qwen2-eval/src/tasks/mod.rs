@@ -239,6 +239,15 @@ pub fn py_capitalize(s: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Messages as (role, content) pairs, and one such pair, for comparisons.
+    fn turns(m: Vec<ChatMessage>) -> Vec<(String, String)> {
+        m.into_iter().map(|m| (m.role, m.content)).collect()
+    }
+
+    fn t(r: &str, c: &str) -> (String, String) {
+        (r.to_string(), c.to_string())
+    }
+
     #[test]
     fn prompt_as_text_and_as_chat_turns() {
         let p = FewShotPrompt {
@@ -248,10 +257,6 @@ mod tests {
             ..FewShotPrompt::default()
         };
         assert_eq!(p.text(), "About X.\n\nQ1? A1\n\nQ2? A2\n\nQ3?");
-        let turns = |m: Vec<ChatMessage>| -> Vec<(String, String)> {
-            m.into_iter().map(|m| (m.role, m.content)).collect()
-        };
-        let t = |r: &str, c: &str| (r.to_string(), c.to_string());
         assert_eq!(
             turns(p.messages(true)),
             vec![
@@ -298,10 +303,6 @@ mod tests {
             ..FewShotPrompt::default()
         };
         assert_eq!(p.text(), "Q1? Answer: A1\n\nQ2? Answer:");
-        let turns = |m: Vec<ChatMessage>| -> Vec<(String, String)> {
-            m.into_iter().map(|m| (m.role, m.content)).collect()
-        };
-        let t = |r: &str, c: &str| (r.to_string(), c.to_string());
         assert_eq!(
             turns(p.messages(true)),
             vec![
