@@ -34,6 +34,9 @@ pub enum Logits {
     All,
     /// None (prefill of a prefix whose logits nobody reads).
     None,
+    /// The last `n` positions (at most all of them): `[n, vocab]`. Scoring a continuation
+    /// runs its context and the continuation in one pass, logits for the latter only.
+    Tail(usize),
 }
 
 pub(crate) struct Linear {
@@ -303,13 +306,16 @@ impl Qwen2 {
         let (dyn_rope, rope_state) = self.rope_for(cache, cache.len() + tokens.len());
         let rope = dyn_rope.as_ref().unwrap_or(&self.rope);
         let mut logits = Vec::new();
-        let n_chunks = tokens.len().div_ceil(MAX_CHUNK);
+        // Logits for positions `first_out..`.
+        let first_out = match which {
+            Logits::All => 0,
+            Logits::Last => tokens.len() - 1,
+            Logits::None => tokens.len(),
+            Logits::Tail(n) => tokens.len() - n.min(tokens.len()),
+        };
         for (ci, chunk) in tokens.chunks(MAX_CHUNK).enumerate() {
-            let out_rows = match which {
-                Logits::All => chunk.len(),
-                Logits::Last if ci + 1 == n_chunks => 1,
-                _ => 0,
-            };
+            let end = ci * MAX_CHUNK + chunk.len();
+            let out_rows = end.saturating_sub(first_out).min(chunk.len());
             let mut segs = [Seg {
                 tokens: chunk,
                 cache: &mut *cache,
@@ -353,6 +359,7 @@ impl Qwen2 {
                     Logits::All => s.tokens.len(),
                     Logits::Last => 1,
                     Logits::None => 0,
+                    Logits::Tail(n) => n.min(s.tokens.len()),
                 },
                 cache: &mut *s.cache,
                 rope: dyn_rope.as_ref().unwrap_or(&self.rope),

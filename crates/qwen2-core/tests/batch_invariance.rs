@@ -171,3 +171,38 @@ fn decode_and_prompt_rows_do_not_depend_on_batch_mates() {
         }
     }
 }
+
+/// `Logits::Tail(n)` gives the last `n` rows of `Logits::All` bitwise (clamped to the
+/// tokens), also when they straddle the 512-token chunk boundary of one call.
+#[test]
+fn tail_logits_are_the_last_rows_of_all() {
+    let lm = qwen2_core::load(&real_model(), Precision::Fast).unwrap();
+    let m = &lm.model;
+    let vocab = m.vocab_size();
+    let prompt = ids(4, 37, vocab as u32);
+    let all = m
+        .forward(&prompt, &mut m.new_cache(64), Logits::All)
+        .unwrap();
+    for n in [1usize, 4, 37, 50] {
+        let got = m
+            .forward(&prompt, &mut m.new_cache(64), Logits::Tail(n))
+            .unwrap();
+        let k = n.min(37);
+        assert!(
+            bits(&got) == bits(&all[(37 - k) * vocab..]),
+            "Tail({n}) differs from the last rows of All"
+        );
+    }
+    // 520 tokens: positions 510..520 span the first chunk's end.
+    let long = ids(5, 520, vocab as u32);
+    let tail = m
+        .forward(&long, &mut m.new_cache(600), Logits::Tail(10))
+        .unwrap();
+    let mut c = m.new_cache(600);
+    m.forward(&long[..510], &mut c, Logits::None).unwrap();
+    let want = m.forward(&long[510..], &mut c, Logits::All).unwrap();
+    assert!(
+        bits(&tail) == bits(&want),
+        "Tail(10) across the chunk boundary differs from a separate pass"
+    );
+}

@@ -125,10 +125,9 @@ impl<'m> Scorer<'m> {
             _ => {
                 let keep = self.reuse(input, first_out);
                 self.cache.check_room(input.len() - keep)?;
-                if keep < first_out {
-                    self.feed(&input[keep..first_out], Logits::None)?;
-                }
-                let rows = self.feed(&input[first_out..], Logits::All)?;
+                // The rest of the context and the continuation in one pass (one weight pass
+                // instead of two: MMLU's is a single token), logits for the continuation.
+                let rows = self.feed(&input[keep..], Logits::Tail(input.len() - first_out))?;
                 self.last = Some((input.to_vec(), first_out, rows.clone()));
                 rows
             }

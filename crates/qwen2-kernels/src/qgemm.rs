@@ -17,9 +17,12 @@
 //! in i32 and folded by the same tile, one `vpmaddwd` per pair and super-block for `sumo`.
 //!
 //! Panels: per task, a chunk of weight rows is unpacked once per k-block into `u8` quants in
-//! natural order, the group scales spread to the [`SC_LANES`] i16 lanes of a super-block that
-//! `vpmaddwd` multiplies (one per value pair, so the tile takes them as a plain vector load) and
-//! the super-block scales; it is reused for every activation row.
+//! lane-major order ([`kpos`]: i16 lane `L` of every 32-byte step holds values of the 16-value
+//! group `L`), the [`SC_LANES`] group scales of a super-block (one per i16 lane, the vector
+//! `vpmaddwd` multiplies) and the super-block scales; it is reused for every activation row.
+//! The activations are permuted alike. Because a lane stays in one group across the 8 steps,
+//! Q4_K's tile sums all 8 steps in i16 and applies the scales once per super-block (one
+//! `vpmaddwd` per 256 values instead of 8); Q6_K's larger quants need one per step.
 //!
 //! Batch invariance (issue 5): each output's operations depend on its weight row, its
 //! activation row and `cols` only (k-blocks fixed by `cols`, tails computed on duplicated
@@ -33,9 +36,9 @@ use crate::gemm::TILE_C;
 /// Weight rows per integer tile: 3 x 4 pairs (12 accumulators of the 16 AVX2 registers, held
 /// there by the k-quant tile's `asm!` step; 3 x 4 measured ~1.3x faster than 2 x 4).
 pub(crate) const QTILE_R: usize = 3;
-/// Group-scale lanes per super-block in a k-quant panel: lane `l` scales values `2l` and
-/// `2l + 1` (the pair `vpmaddubsw` sums into one i16).
-pub(crate) const SC_LANES: usize = QK_K / 2;
+/// Group-scale lanes per super-block in a k-quant panel: lane `L` scales i16 lane `L` of
+/// every step, i.e. the values `16 L..16 L + 16` (see [`kpos`]).
+pub(crate) const SC_LANES: usize = 16;
 use crate::isa::Isa;
 use crate::matmul::{OutPtr, QMatRef};
 #[cfg(test)]
@@ -50,6 +53,23 @@ pub(crate) fn supports(isa: Isa, ty: GgmlType) -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let off = *OFF.get_or_init(|| std::env::var_os("QWEN2_NO_QGEMM").is_some_and(|v| v == "1"));
     format(ty).is_some() && kernels(isa).is_some() && !off
+}
+
+/// Where value `v` (natural order) of a super-block lives in a k-quant panel or activation
+/// row: the value pair `(v / 2) % 8` of 16-value group `v / 16` goes to i16 lane `v / 16` of
+/// 32-byte step `(v % 16) / 2`. Both Q4_K's 32-value and Q6_K's 16-value scale groups then
+/// keep a lane for the whole super-block.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn kpos(v: usize) -> usize {
+    32 * ((v % 16) / 2) + 2 * (v / 16) + v % 2
+}
+
+/// Scalar twin of the SIMD [`kpos`] permutation of one super-block (256 bytes).
+#[cfg(test)]
+pub(crate) fn perm_k_scalar(src: &[u8], dst: &mut [u8]) {
+    for v in 0..QK_K {
+        dst[kpos(v)] = src[v];
+    }
 }
 
 /// Where value `i` of block `b` lives in a 32-value-block panel or activation row: blocks in
@@ -194,6 +214,8 @@ pub(crate) fn strip_with(tile: QTileFn, s: &QStrip, res: &mut [f32]) {
     }
 }
 
+/// Permutes one super-block's 256 bytes from natural order to panel order ([`kpos`]).
+type PermKFn = fn(&[u8], &mut [u8]);
 /// Unpacks one super-block (see [`unpack_block_scalar`]).
 type UnpackFn = fn(GgmlType, &[u8], &mut [u8], &mut [i16], &mut [i16]) -> (f32, f32);
 /// Unpacks a Q5_0 / Q5_0R8 row piece of whole blocks (see [`unpack_q5_0_scalar`]).
@@ -204,6 +226,11 @@ struct Kernels {
     #[cfg_attr(not(test), allow(dead_code))]
     tile: QTileFn,
     strip: QStripFn,
+    /// Q4_K's tile and strip (i16 sums over the super-block; quants must be below 16).
+    #[cfg_attr(not(test), allow(dead_code))]
+    tile_q4k: QTileFn,
+    strip_q4k: QStripFn,
+    perm_k: PermKFn,
     unpack: UnpackFn,
     #[cfg_attr(not(test), allow(dead_code))]
     tile32: QTileFn,
@@ -221,6 +248,9 @@ fn kernels(isa: Isa) -> Option<Kernels> {
             return Some(Kernels {
                 tile: avx2_qgemm::tile,
                 strip: avx2_qgemm::strip,
+                tile_q4k: avx2_qgemm::tile_q4k,
+                strip_q4k: avx2_qgemm::strip_q4k,
+                perm_k: avx2_qgemm::perm_k,
                 unpack: avx2_qgemm::unpack_block,
                 tile32: avx2_qgemm::tile32,
                 strip32: avx2_qgemm::strip32,
@@ -244,7 +274,7 @@ pub(crate) fn tile_scalar(t: &QTileArgs) -> [[f32; TILE_C]; QTILE_R] {
                 let mut sumi = 0i32;
                 for k in 0..QK_K {
                     let i = s * QK_K + k;
-                    let scale = t.sc[r][s * SC_LANES + k / 2] as i32;
+                    let scale = t.sc[r][s * SC_LANES + (k % 32) / 2] as i32;
                     sumi += scale * t.q[r][i] as i32 * t.a[c][i] as i32;
                 }
                 let sumo: i32 = (s * 16..s * 16 + 16)
@@ -333,6 +363,16 @@ pub(crate) fn quant_k_scalar(x: &[f32], q: &mut [i8], sums: &mut [i16; 16]) -> f
     f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]])
 }
 
+fn bytes(x: &[i8]) -> &[u8] {
+    // SAFETY: i8 and u8 have the same size and alignment, and every bit pattern is valid.
+    unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, x.len()) }
+}
+
+fn bytes_mut(x: &mut [i8]) -> &mut [u8] {
+    // SAFETY: as for `bytes`; the borrow is handed over for its lifetime.
+    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut u8, x.len()) }
+}
+
 /// Activation rows quantized to 8 bits per scale unit, split for the tile kernels.
 struct Acts {
     /// `[batch][cols]` int8 values.
@@ -354,7 +394,7 @@ struct Acts {
 /// decode path's format, ggml's rounding) for the k-quants; per 32 values with an f32 scale
 /// `amax / 127` for 32-value blocks (Q8_0 without the f16 rounding of its scale).
 fn quantize_acts(x: &[f32], batch: usize, cols: usize, f: Format, k: &Kernels) -> Acts {
-    let (quant_k, quant32) = (k.quant_k, k.quant32);
+    let (quant_k, quant32, perm_k) = (k.quant_k, k.quant32, k.perm_k);
     let nu = cols / f.unit;
     // 32-value blocks: rows padded to whole block pairs (the pad block is zeros).
     let nu2 = if f.kquant { nu } else { nu.next_multiple_of(2) };
@@ -374,10 +414,12 @@ fn quantize_acts(x: &[f32], batch: usize, cols: usize, f: Format, k: &Kernels) -
         .zip(x.par_chunks(cols))
         .for_each(|((((q, d), sums), bs), x)| {
             if f.kquant {
+                let mut t = [0i8; QK_K];
                 for (s, sums) in sums.chunks_exact_mut(16).enumerate() {
                     let qs = &mut q[s * QK_K..(s + 1) * QK_K];
                     let sums: &mut [i16; 16] = sums.try_into().expect("16 sums per unit");
-                    d[s] = quant_k(&x[s * QK_K..(s + 1) * QK_K], qs, sums);
+                    d[s] = quant_k(&x[s * QK_K..(s + 1) * QK_K], &mut t, sums);
+                    perm_k(bytes(&t), bytes_mut(qs));
                 }
             } else {
                 let mut t = [0i8; 32];
@@ -418,9 +460,9 @@ fn quantize_acts(x: &[f32], batch: usize, cols: usize, f: Format, k: &Kernels) -
     }
 }
 
-/// Scalar twin of the SIMD unpackers: one super-block `b` into 256 unsigned quants in natural
-/// order, its group scales spread over [`SC_LANES`] lanes and its 16 offset multipliers (per
-/// 16 values); returns the super-block scale `d` and the offset scale `dm`.
+/// Scalar twin of the SIMD unpackers: one super-block `b` into 256 unsigned quants in panel
+/// order ([`kpos`]), its [`SC_LANES`] group scales (one per 16 values) and its 16 offset
+/// multipliers (per 16 values); returns the super-block scale `d` and the offset scale `dm`.
 #[cfg(test)]
 pub(crate) fn unpack_block_scalar(
     ty: GgmlType,
@@ -435,12 +477,12 @@ pub(crate) fn unpack_block_scalar(
             for j in 0..4 {
                 for l in 0..32 {
                     let v = b[16 + 32 * j + l];
-                    q[64 * j + l] = v & 0xF;
-                    q[64 * j + 32 + l] = v >> 4;
+                    q[kpos(64 * j + l)] = v & 0xF;
+                    q[kpos(64 * j + 32 + l)] = v >> 4;
                 }
             }
             for (l, v) in sc[..SC_LANES].iter_mut().enumerate() {
-                *v = scales[l / 16] as i16;
+                *v = scales[l / 2] as i16;
             }
             for (g, v) in om[..16].iter_mut().enumerate() {
                 *v = mins[g / 2] as i16;
@@ -450,11 +492,11 @@ pub(crate) fn unpack_block_scalar(
         GgmlType::Q6K => {
             let mut v = [0i8; QK_K];
             scalar::q6k_unpack(b, &mut v);
-            for (o, &x) in q.iter_mut().zip(&v) {
-                *o = (x + 32) as u8;
+            for (i, &x) in v.iter().enumerate() {
+                q[kpos(i)] = (x + 32) as u8;
             }
             for (l, v) in sc[..SC_LANES].iter_mut().enumerate() {
-                *v = b[192 + l / 8] as i8 as i16;
+                *v = b[192 + l] as i8 as i16;
             }
             for (g, v) in om[..16].iter_mut().enumerate() {
                 *v = b[192 + g] as i8 as i16;
@@ -498,7 +540,11 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
     let n_chunks = rows.div_ceil(chunk);
     let optr = OutPtr(out.as_mut_ptr());
     let acts = &acts;
-    let strip = if f.kquant { k.strip } else { k.strip32 };
+    let strip = match ty {
+        GgmlType::Q4K => k.strip_q4k,
+        _ if f.kquant => k.strip,
+        _ => k.strip32,
+    };
     (0..n_chunks).into_par_iter().for_each(|ci| {
         let r0 = ci * chunk;
         let r1 = (r0 + chunk).min(rows);
@@ -628,6 +674,31 @@ mod tests {
                     assert_eq!(d1.to_bits(), d2.to_bits(), "{ty} {isa:?}");
                     assert_eq!(m1.to_bits(), m2.to_bits(), "{ty} {isa:?}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn kpos_is_a_permutation_keeping_groups_in_lanes() {
+        let mut seen = [false; QK_K];
+        for v in 0..QK_K {
+            let p = kpos(v);
+            assert!(!seen[p], "position {p} taken twice");
+            seen[p] = true;
+            // i16 lane (p % 32) / 2 of step p / 32 holds group v / 16, in pair order.
+            assert_eq!(((p % 32) / 2, p % 2), (v / 16, v % 2), "value {v}");
+        }
+        let mut seed = 3;
+        for isa in available_isas() {
+            let Some(Kernels { perm_k, .. }) = kernels(isa) else {
+                continue;
+            };
+            for _ in 0..10 {
+                let src: Vec<u8> = (0..QK_K).map(|_| lcg(&mut seed) as u8).collect();
+                let (mut d1, mut d2) = (vec![0u8; QK_K], vec![1u8; QK_K]);
+                perm_k_scalar(&src, &mut d1);
+                perm_k(&src, &mut d2);
+                assert_eq!(d1, d2, "{isa:?}");
             }
         }
     }
@@ -845,11 +916,23 @@ mod tests {
             let Some(k) = kernels(isa) else {
                 continue;
             };
-            for (kquant, nsb) in [(true, 1usize), (true, 3), (false, 2), (false, 6)] {
+            // (k-quant, Q4_K, units): Q6_K-like and Q4_K k-quant strips, 32-value blocks.
+            for (kquant, q4k, nsb) in [
+                (true, false, 1usize),
+                (true, false, 3),
+                (true, true, 1),
+                (true, true, 3),
+                (false, false, 2),
+                (false, false, 6),
+            ] {
                 let (unit, lanes) = if kquant { (QK_K, SC_LANES) } else { (32, 0) };
                 for (rows, nc) in [(1usize, 1usize), (4, 3), (7, 4), (9, 2)] {
                     let (qs, ss, ds) = (nsb * unit + 32, nsb * lanes + 16, nsb + 1);
-                    let qmax = if kquant { 64 } else { 32 };
+                    let qmax = match (kquant, q4k) {
+                        (true, true) => 16,
+                        (true, false) => 64,
+                        _ => 32,
+                    };
                     let q: Vec<u8> = (0..rows * qs)
                         .map(|_| (lcg(&mut seed) % qmax) as u8)
                         .collect();
@@ -905,7 +988,7 @@ mod tests {
                     let init: Vec<f32> = (0..nc * rows).map(|i| i as f32 * 0.5 - 3.0).collect();
                     let (mut got, mut want) = (init.clone(), init.clone());
                     if kquant {
-                        (k.strip)(&s, &mut got);
+                        (if q4k { k.strip_q4k } else { k.strip })(&s, &mut got);
                         strip_with(tile_scalar, &s, &mut want);
                     } else {
                         (k.strip32)(&s, &mut got);
@@ -916,7 +999,7 @@ mod tests {
                     for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                         assert!(
                             (g - e).abs() <= 2e-5 * (e - init[i]).abs().max(1.0),
-                            "{isa:?} kquant={kquant} nsb={nsb} rows={rows} nc={nc} [{i}]: {g} vs {e}"
+                            "{isa:?} kquant={kquant} q4k={q4k} nsb={nsb} rows={rows} nc={nc} [{i}]: {g} vs {e}"
                         );
                     }
                 }
@@ -945,23 +1028,24 @@ mod tests {
     fn simd_tile_matches_scalar_twin() {
         let mut seed = 5;
         for isa in available_isas() {
-            let Some(Kernels { tile, .. }) = kernels(isa) else {
+            let Some(Kernels { tile, tile_q4k, .. }) = kernels(isa) else {
                 continue;
             };
             for nsb in [1usize, 2, 4, 7] {
                 for q6 in [false, true] {
-                    // Q4_K: 4-bit quants, unsigned 6-bit scales per 32 values (16 lanes);
-                    // Q6_K: 6-bit quants, signed 8-bit scales per 16 values (8 lanes).
+                    // Q4_K: 4-bit quants, unsigned 6-bit scales per 32 values (2 lanes), its
+                    // own tile (i16 sums); Q6_K: 6-bit quants, signed 8-bit scales per lane.
                     let (qmax, scale): (u64, fn(&mut u64, usize) -> i16) = if q6 {
-                        (64, |_, l| ((l / 8 * 101 + 7) % 256) as i16 - 128)
+                        (64, |_, l| ((l * 101 + 7) % 256) as i16 - 128)
                     } else {
-                        (16, |_, l| ((l / 16 * 37 + 11) % 64) as i16)
+                        (16, |_, l| ((l / 2 * 37 + 11) % 64) as i16)
                     };
                     let sc = SC_LANES;
                     let o = Operands::new(&mut seed, (nsb, QK_K, qmax), sc, scale, TILE_C + 3);
                     let args = o.args();
                     let what = format!("{isa:?} nsb={nsb} q6={q6}");
-                    assert_close(tile(&args), tile_scalar(&args), &what);
+                    let simd = if q6 { tile } else { tile_q4k };
+                    assert_close(simd(&args), tile_scalar(&args), &what);
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! AVX2 tiles of the integer prompt GEMM (`crate::qgemm`): 3 weight rows x 4 activation rows.
-//! k-quants: 12 i32 accumulators per super-block, each 32-value chunk one `vpmaddubsw`
-//! (unsigned quants x int8 activations) and one `vpmaddwd` (x the group scales) per pair, then
+//! k-quants: 12 accumulators per super-block, each 32-value chunk one `vpmaddubsw` (unsigned
+//! quants x int8 activations) per pair, then for Q6_K one `vpmaddwd` (x the group scales) per
+//! two chunks and pair, for Q4_K one per super-block and pair (the chunks summed in i16 first), then
 //! the offsets (one `vpmaddwd` per pair); 32-value blocks: see [`kernel32`]. The strips run a
 //! tile over all rows of a panel with one operand check.
 //!
@@ -17,6 +18,22 @@ use std::arch::x86_64::*;
 
 /// Safe entry: checks every slice length the kernel reads, then runs it.
 pub(crate) fn tile(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
+    tile_checked(t);
+    // SAFETY: this tile is only handed out by `qgemm::kernels` for `Isa::Avx2` or higher, which
+    // is selected only after `Isa::is_available` confirmed avx2+fma+f16c; `tile_checked`
+    // bounds every read of the kernel.
+    unsafe { kernel::<false>(t) }
+}
+
+/// Q4_K's tile (see [`kernel`]): quants must be below 16, or the i16 sums may saturate (wrong
+/// results, nothing unsafe).
+pub(crate) fn tile_q4k(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
+    tile_checked(t);
+    // SAFETY: as for `tile`.
+    unsafe { kernel::<true>(t) }
+}
+
+fn tile_checked(t: &QTileArgs) {
     let n = t.nsb * QK_K;
     let ok = t.q.iter().all(|q| q.len() >= n)
         && t.sc.iter().all(|s| s.len() >= t.nsb * SC_LANES)
@@ -27,10 +44,6 @@ pub(crate) fn tile(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
         && t.a.iter().all(|a| a.len() >= n)
         && (t.nsb == 0 || t.da.len() >= (t.nsb - 1) * t.da_stride + TILE_C);
     assert!(ok, "qgemm tile operands shorter than nsb = {}", t.nsb);
-    // SAFETY: this tile is only handed out by `qgemm::tile_fn` for `Isa::Avx2` or higher, which
-    // is selected only after `Isa::is_available` confirmed avx2+fma+f16c; the lengths checked
-    // above bound every read of the kernel.
-    unsafe { kernel(t) }
 }
 
 /// Safe entry of a k-quant strip (`qgemm::QStrip`): checks the operands once, then runs the
@@ -39,7 +52,15 @@ pub(crate) fn strip(s: &QStrip, res: &mut [f32]) {
     assert!(s.unit == QK_K && s.sc_stride > 0, "k-quant strip");
     strip_checked(s, res, SC_LANES);
     // SAFETY: AVX2 only (see `tile`); `strip_checked` bounds every slice `strip_kernel` builds.
-    unsafe { strip_kernel::<false>(s, res) }
+    unsafe { strip_kernel::<false, false>(s, res) }
+}
+
+/// Safe entry of a Q4_K strip (quants below 16, see [`tile_q4k`]).
+pub(crate) fn strip_q4k(s: &QStrip, res: &mut [f32]) {
+    assert!(s.unit == QK_K && s.sc_stride > 0, "k-quant strip");
+    strip_checked(s, res, SC_LANES);
+    // SAFETY: as for `strip`.
+    unsafe { strip_kernel::<false, true>(s, res) }
 }
 
 /// Safe entry of a 32-value-block strip (see [`strip`]).
@@ -57,7 +78,7 @@ pub(crate) fn strip32(s: &QStrip, res: &mut [f32]) {
         "qgemm strip32 scales"
     );
     // SAFETY: as for `strip`.
-    unsafe { strip_kernel::<true>(s, res) }
+    unsafe { strip_kernel::<true, false>(s, res) }
 }
 
 /// The length checks shared by both strips (`sc_lanes` group-scale lanes per unit).
@@ -81,9 +102,9 @@ fn strip_checked(s: &QStrip, res: &mut [f32], sc_lanes: usize) {
 }
 
 /// SAFETY (caller): avx2+fma available; operands checked by `strip_checked` (and, for
-/// `PAIRS`, the scale lengths `strip32` checks).
+/// `PAIRS`, the scale lengths `strip32` checks). `Q4K` picks the k-quant tile's i16 sums.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn strip_kernel<const PAIRS: bool>(s: &QStrip, res: &mut [f32]) {
+unsafe fn strip_kernel<const PAIRS: bool, const Q4K: bool>(s: &QStrip, res: &mut [f32]) {
     const _: () = assert!(TILE_R == 3, "row groups spelled out for 3 rows");
     let n = s.nsb * s.unit;
     let scn = if PAIRS { 0 } else { s.nsb * SC_LANES };
@@ -129,7 +150,7 @@ unsafe fn strip_kernel<const PAIRS: bool>(s: &QStrip, res: &mut [f32]) {
             if PAIRS {
                 kernel32(&args)
             } else {
-                kernel(&args)
+                kernel::<Q4K>(&args)
             }
         };
         for (i, tr) in t.iter().enumerate().take((s.rows - rt).min(TILE_R)) {
@@ -140,6 +161,27 @@ unsafe fn strip_kernel<const PAIRS: bool>(s: &QStrip, res: &mut [f32]) {
         }
         rt += TILE_R;
     }
+}
+
+/// Four columns' i32 accumulators into one vector whose lanes 0-3 (and 4-7) are the sums of
+/// columns 0-3 over each 128-bit half: the same integers as two rounds of `vphaddd`, by
+/// unpacks and adds (`vphaddd` takes 2 cycles per instruction on Zen 3, an unpack half of one).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn fold4(a: [__m256i; TILE_C]) -> __m256i {
+    // [a0_0 + a0_2, a1_0 + a1_2, a0_1 + a0_3, a1_1 + a1_3] per half, and alike for a2, a3.
+    let t01 = _mm256_add_epi32(
+        _mm256_unpacklo_epi32(a[0], a[1]),
+        _mm256_unpackhi_epi32(a[0], a[1]),
+    );
+    let t23 = _mm256_add_epi32(
+        _mm256_unpacklo_epi32(a[2], a[3]),
+        _mm256_unpackhi_epi32(a[2], a[3]),
+    );
+    _mm256_add_epi32(
+        _mm256_unpacklo_epi64(t01, t23),
+        _mm256_unpackhi_epi64(t01, t23),
+    )
 }
 
 /// Each row's result lanes (columns 0-3 in both 128-bit halves) summed over the halves.
@@ -158,56 +200,82 @@ fn fold_halves(facc: [__m256; TILE_R]) -> [[f32; TILE_C]; TILE_R] {
     out
 }
 
-/// One 32-value step of the tile, in `asm!` so that the 12 accumulators stay in registers
-/// and each activation vector is a memory operand of `vpmaddubsw`: left to itself LLVM keeps
-/// the 4 activation vectors in registers and spills 3 accumulators (measured ~1.3x slower).
-/// Per weight row: its quants and its scale lanes loaded once, then per column one
-/// `vpmaddubsw` (u8 quants x i8 activations, pair sums in i16: at most 2 * 63 * 127 = 16002),
-/// one `vpmaddwd` (x the pair's group scale, to i32) and one add.
-macro_rules! kstep {
+/// Two 32-value steps of the tile (Q6_K), in `asm!` so that the 12 accumulators stay in
+/// registers and each activation vector is a memory operand of `vpmaddubsw`: left to itself
+/// LLVM keeps the activation vectors in registers and spills accumulators (measured ~1.3x
+/// slower). Per weight row: its quants of both steps loaded once, then per column two
+/// `vpmaddubsw` (u8 quants x i8 activations, pair sums in i16: at most 2 * 63 * 127 = 16002
+/// each), their i16 sum (at most 32004: a lane keeps its scale group across steps,
+/// `qgemm::kpos`), one `vpmaddwd` (x the lane's group scale, a memory operand, to i32) and
+/// one add. 16 registers: 12 accumulators, 2 weight vectors, 2 temporaries.
+macro_rules! kstep2 {
     ($acc:ident, $q:ident, $sc:ident, $a:ident, $off:expr) => {
         std::arch::asm!(
-            "vmovdqu {w}, ymmword ptr [{q0} + {off}]",
-            "vmovdqu {s}, ymmword ptr [{s0} + {off}]",
-            "vpmaddubsw {t}, {w}, ymmword ptr [{a0} + {off}]",
-            "vpmaddwd {t}, {t}, {s}",
+            "vmovdqu {w0}, ymmword ptr [{q0} + {off}]",
+            "vmovdqu {w1}, ymmword ptr [{q0} + {off} + 32]",
+            "vpmaddubsw {t}, {w0}, ymmword ptr [{a0} + {off}]",
+            "vpmaddubsw {u}, {w1}, ymmword ptr [{a0} + {off} + 32]",
+            "vpaddw {t}, {t}, {u}",
+            "vpmaddwd {t}, {t}, ymmword ptr [{s0}]",
             "vpaddd {c00}, {c00}, {t}",
-            "vpmaddubsw {t}, {w}, ymmword ptr [{a1} + {off}]",
-            "vpmaddwd {t}, {t}, {s}",
+            "vpmaddubsw {t}, {w0}, ymmword ptr [{a1} + {off}]",
+            "vpmaddubsw {u}, {w1}, ymmword ptr [{a1} + {off} + 32]",
+            "vpaddw {t}, {t}, {u}",
+            "vpmaddwd {t}, {t}, ymmword ptr [{s0}]",
             "vpaddd {c01}, {c01}, {t}",
-            "vpmaddubsw {t}, {w}, ymmword ptr [{a2} + {off}]",
-            "vpmaddwd {t}, {t}, {s}",
+            "vpmaddubsw {t}, {w0}, ymmword ptr [{a2} + {off}]",
+            "vpmaddubsw {u}, {w1}, ymmword ptr [{a2} + {off} + 32]",
+            "vpaddw {t}, {t}, {u}",
+            "vpmaddwd {t}, {t}, ymmword ptr [{s0}]",
             "vpaddd {c02}, {c02}, {t}",
-            "vpmaddubsw {t}, {w}, ymmword ptr [{a3} + {off}]",
-            "vpmaddwd {t}, {t}, {s}",
+            "vpmaddubsw {t}, {w0}, ymmword ptr [{a3} + {off}]",
+            "vpmaddubsw {u}, {w1}, ymmword ptr [{a3} + {off} + 32]",
+            "vpaddw {t}, {t}, {u}",
+            "vpmaddwd {t}, {t}, ymmword ptr [{s0}]",
             "vpaddd {c03}, {c03}, {t}",
-            "vmovdqu {w}, ymmword ptr [{q1} + {off}]",
-            "vmovdqu {s}, ymmword ptr [{s1} + {off}]",
-            "vpmaddubsw {t}, {w}, ymmword ptr [{a0} + {off}]",
-            "vpmaddwd {t}, {t}, {s}",
+            "vmovdqu {w0}, ymmword ptr [{q1} + {off}]",
+            "vmovdqu {w1}, ymmword ptr [{q1} + {off} + 32]",
+            "vpmaddubsw {t}, {w0}, ymmword ptr [{a0} + {off}]",
+            "vpmaddubsw {u}, {w1}, ymmword ptr [{a0} + {off} + 32]",
+            "vpaddw {t}, {t}, {u}",
+            "vpmaddwd {t}, {t}, ymmword ptr [{s1}]",
             "vpaddd {c10}, {c10}, {t}",
-            "vpmaddubsw {t}, {w}, ymmword ptr [{a1} + {off}]",
-            "vpmaddwd {t}, {t}, {s}",
+            "vpmaddubsw {t}, {w0}, ymmword ptr [{a1} + {off}]",
+            "vpmaddubsw {u}, {w1}, ymmword ptr [{a1} + {off} + 32]",
+            "vpaddw {t}, {t}, {u}",
+            "vpmaddwd {t}, {t}, ymmword ptr [{s1}]",
             "vpaddd {c11}, {c11}, {t}",
-            "vpmaddubsw {t}, {w}, ymmword ptr [{a2} + {off}]",
-            "vpmaddwd {t}, {t}, {s}",
+            "vpmaddubsw {t}, {w0}, ymmword ptr [{a2} + {off}]",
+            "vpmaddubsw {u}, {w1}, ymmword ptr [{a2} + {off} + 32]",
+            "vpaddw {t}, {t}, {u}",
+            "vpmaddwd {t}, {t}, ymmword ptr [{s1}]",
             "vpaddd {c12}, {c12}, {t}",
-            "vpmaddubsw {t}, {w}, ymmword ptr [{a3} + {off}]",
-            "vpmaddwd {t}, {t}, {s}",
+            "vpmaddubsw {t}, {w0}, ymmword ptr [{a3} + {off}]",
+            "vpmaddubsw {u}, {w1}, ymmword ptr [{a3} + {off} + 32]",
+            "vpaddw {t}, {t}, {u}",
+            "vpmaddwd {t}, {t}, ymmword ptr [{s1}]",
             "vpaddd {c13}, {c13}, {t}",
-            "vmovdqu {w}, ymmword ptr [{q2} + {off}]",
-            "vmovdqu {s}, ymmword ptr [{s2} + {off}]",
-            "vpmaddubsw {t}, {w}, ymmword ptr [{a0} + {off}]",
-            "vpmaddwd {t}, {t}, {s}",
+            "vmovdqu {w0}, ymmword ptr [{q2} + {off}]",
+            "vmovdqu {w1}, ymmword ptr [{q2} + {off} + 32]",
+            "vpmaddubsw {t}, {w0}, ymmword ptr [{a0} + {off}]",
+            "vpmaddubsw {u}, {w1}, ymmword ptr [{a0} + {off} + 32]",
+            "vpaddw {t}, {t}, {u}",
+            "vpmaddwd {t}, {t}, ymmword ptr [{s2}]",
             "vpaddd {c20}, {c20}, {t}",
-            "vpmaddubsw {t}, {w}, ymmword ptr [{a1} + {off}]",
-            "vpmaddwd {t}, {t}, {s}",
+            "vpmaddubsw {t}, {w0}, ymmword ptr [{a1} + {off}]",
+            "vpmaddubsw {u}, {w1}, ymmword ptr [{a1} + {off} + 32]",
+            "vpaddw {t}, {t}, {u}",
+            "vpmaddwd {t}, {t}, ymmword ptr [{s2}]",
             "vpaddd {c21}, {c21}, {t}",
-            "vpmaddubsw {t}, {w}, ymmword ptr [{a2} + {off}]",
-            "vpmaddwd {t}, {t}, {s}",
+            "vpmaddubsw {t}, {w0}, ymmword ptr [{a2} + {off}]",
+            "vpmaddubsw {u}, {w1}, ymmword ptr [{a2} + {off} + 32]",
+            "vpaddw {t}, {t}, {u}",
+            "vpmaddwd {t}, {t}, ymmword ptr [{s2}]",
             "vpaddd {c22}, {c22}, {t}",
-            "vpmaddubsw {t}, {w}, ymmword ptr [{a3} + {off}]",
-            "vpmaddwd {t}, {t}, {s}",
+            "vpmaddubsw {t}, {w0}, ymmword ptr [{a3} + {off}]",
+            "vpmaddubsw {u}, {w1}, ymmword ptr [{a3} + {off} + 32]",
+            "vpaddw {t}, {t}, {u}",
+            "vpmaddwd {t}, {t}, ymmword ptr [{s2}]",
             "vpaddd {c23}, {c23}, {t}",
             q0 = in(reg) $q[0],
             q1 = in(reg) $q[1],
@@ -220,8 +288,70 @@ macro_rules! kstep {
             a2 = in(reg) $a[2],
             a3 = in(reg) $a[3],
             off = in(reg) $off,
+            w0 = out(ymm_reg) _,
+            w1 = out(ymm_reg) _,
+            t = out(ymm_reg) _,
+            u = out(ymm_reg) _,
+            c00 = inout(ymm_reg) $acc[0][0],
+            c01 = inout(ymm_reg) $acc[0][1],
+            c02 = inout(ymm_reg) $acc[0][2],
+            c03 = inout(ymm_reg) $acc[0][3],
+            c10 = inout(ymm_reg) $acc[1][0],
+            c11 = inout(ymm_reg) $acc[1][1],
+            c12 = inout(ymm_reg) $acc[1][2],
+            c13 = inout(ymm_reg) $acc[1][3],
+            c20 = inout(ymm_reg) $acc[2][0],
+            c21 = inout(ymm_reg) $acc[2][1],
+            c22 = inout(ymm_reg) $acc[2][2],
+            c23 = inout(ymm_reg) $acc[2][3],
+            options(nostack, preserves_flags, readonly, pure),
+        )
+    };
+}
+
+/// Q4_K's step (see [`kstep2!`]): per weight row its quants loaded once, then per column one
+/// `vpmaddubsw` and one i16 add. A lane keeps its scale group over the super-block
+/// (`qgemm::kpos`), so the 8 steps' sums add up in i16 (at most 8 * 2 * 15 * 127 = 30480)
+/// and the scales are applied once, after the last.
+macro_rules! kstep16 {
+    ($acc:ident, $q:ident, $a:ident, $off:expr) => {
+        std::arch::asm!(
+            "vmovdqu {w}, ymmword ptr [{q0} + {off}]",
+            "vpmaddubsw {t}, {w}, ymmword ptr [{a0} + {off}]",
+            "vpaddw {c00}, {c00}, {t}",
+            "vpmaddubsw {t}, {w}, ymmword ptr [{a1} + {off}]",
+            "vpaddw {c01}, {c01}, {t}",
+            "vpmaddubsw {t}, {w}, ymmword ptr [{a2} + {off}]",
+            "vpaddw {c02}, {c02}, {t}",
+            "vpmaddubsw {t}, {w}, ymmword ptr [{a3} + {off}]",
+            "vpaddw {c03}, {c03}, {t}",
+            "vmovdqu {w}, ymmword ptr [{q1} + {off}]",
+            "vpmaddubsw {t}, {w}, ymmword ptr [{a0} + {off}]",
+            "vpaddw {c10}, {c10}, {t}",
+            "vpmaddubsw {t}, {w}, ymmword ptr [{a1} + {off}]",
+            "vpaddw {c11}, {c11}, {t}",
+            "vpmaddubsw {t}, {w}, ymmword ptr [{a2} + {off}]",
+            "vpaddw {c12}, {c12}, {t}",
+            "vpmaddubsw {t}, {w}, ymmword ptr [{a3} + {off}]",
+            "vpaddw {c13}, {c13}, {t}",
+            "vmovdqu {w}, ymmword ptr [{q2} + {off}]",
+            "vpmaddubsw {t}, {w}, ymmword ptr [{a0} + {off}]",
+            "vpaddw {c20}, {c20}, {t}",
+            "vpmaddubsw {t}, {w}, ymmword ptr [{a1} + {off}]",
+            "vpaddw {c21}, {c21}, {t}",
+            "vpmaddubsw {t}, {w}, ymmword ptr [{a2} + {off}]",
+            "vpaddw {c22}, {c22}, {t}",
+            "vpmaddubsw {t}, {w}, ymmword ptr [{a3} + {off}]",
+            "vpaddw {c23}, {c23}, {t}",
+            q0 = in(reg) $q[0],
+            q1 = in(reg) $q[1],
+            q2 = in(reg) $q[2],
+            a0 = in(reg) $a[0],
+            a1 = in(reg) $a[1],
+            a2 = in(reg) $a[2],
+            a3 = in(reg) $a[3],
+            off = in(reg) $off,
             w = out(ymm_reg) _,
-            s = out(ymm_reg) _,
             t = out(ymm_reg) _,
             c00 = inout(ymm_reg) $acc[0][0],
             c01 = inout(ymm_reg) $acc[0][1],
@@ -240,12 +370,15 @@ macro_rules! kstep {
     };
 }
 
+/// The k-quant tile; `Q4K`: the steps summed in i16 ([`kstep16!`]), else scaled per two
+/// steps ([`kstep2!`]).
+///
 /// SAFETY (caller): avx2+fma available; operand lengths as checked by [`tile`].
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
+unsafe fn kernel<const Q4K: bool>(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
     const _: () = assert!(
         TILE_R == 3 && TILE_C == 4,
-        "kstep! is written for a 3 x 4 tile"
+        "kstep2! and kstep16! are written for a 3 x 4 tile"
     );
     // (Arrays spelled out: `array::map` calls are not always inlined here.)
     let q = [t.q[0].as_ptr(), t.q[1].as_ptr(), t.q[2].as_ptr()];
@@ -259,13 +392,23 @@ unsafe fn kernel(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
     // facc[r]: lanes 0-3 the low halves' partial sums for columns 0-3, lanes 4-7 the high.
     let mut facc = [_mm256_setzero_ps(); TILE_R];
     // SAFETY: every offset stays below the lengths `tile` checked: quants and activations
-    // `off + 32 <= nsb * 256`, and the scale lanes are as many bytes (2 per value pair).
+    // `off + 32 <= nsb * 256`, and each super-block's `SC_LANES` scale lanes.
     unsafe {
         for s in 0..t.nsb {
             let mut acc = [[_mm256_setzero_si256(); TILE_C]; TILE_R];
-            for k in 0..QK_K / 32 {
-                let off = s * QK_K + 32 * k;
-                kstep!(acc, q, sc, a, off);
+            let scs = [
+                sc[0].add(s * SC_LANES),
+                sc[1].add(s * SC_LANES),
+                sc[2].add(s * SC_LANES),
+            ];
+            if Q4K {
+                for k in 0..QK_K / 32 {
+                    kstep16!(acc, q, a, s * QK_K + 32 * k);
+                }
+            } else {
+                for k in 0..QK_K / 64 {
+                    kstep2!(acc, q, scs, a, s * QK_K + 64 * k);
+                }
             }
             // Four columns' accumulators into one vector per row (each lane from one column's
             // accumulator only), then one scaled FMA.
@@ -273,18 +416,28 @@ unsafe fn kernel(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
             let bs = [0, 1, 2, 3]
                 .map(|c| _mm256_loadu_si256(t.bs[c].as_ptr().add(16 * s) as *const __m256i));
             for r in 0..TILE_R {
-                let h01 = _mm256_hadd_epi32(acc[r][0], acc[r][1]);
-                let h23 = _mm256_hadd_epi32(acc[r][2], acc[r][3]);
-                let h = _mm256_cvtepi32_ps(_mm256_hadd_epi32(h01, h23));
+                let h = if Q4K {
+                    let scv = _mm256_loadu_si256(scs[r] as *const __m256i);
+                    fold4([
+                        _mm256_madd_epi16(acc[r][0], scv),
+                        _mm256_madd_epi16(acc[r][1], scv),
+                        _mm256_madd_epi16(acc[r][2], scv),
+                        _mm256_madd_epi16(acc[r][3], scv),
+                    ])
+                } else {
+                    fold4(acc[r])
+                };
+                let h = _mm256_cvtepi32_ps(h);
                 let d = _mm256_mul_ps(_mm256_set1_ps(*t.dw[r].as_ptr().add(s)), da);
                 facc[r] = _mm256_fmadd_ps(h, d, facc[r]);
                 // The offsets: 16 multipliers x 16 activation sums per column, folded alike.
                 let om = _mm256_loadu_si256(t.om[r].as_ptr().add(16 * s) as *const __m256i);
-                let o01 =
-                    _mm256_hadd_epi32(_mm256_madd_epi16(om, bs[0]), _mm256_madd_epi16(om, bs[1]));
-                let o23 =
-                    _mm256_hadd_epi32(_mm256_madd_epi16(om, bs[2]), _mm256_madd_epi16(om, bs[3]));
-                let o = _mm256_cvtepi32_ps(_mm256_hadd_epi32(o01, o23));
+                let o = _mm256_cvtepi32_ps(fold4([
+                    _mm256_madd_epi16(om, bs[0]),
+                    _mm256_madd_epi16(om, bs[1]),
+                    _mm256_madd_epi16(om, bs[2]),
+                    _mm256_madd_epi16(om, bs[3]),
+                ]));
                 let dm = _mm256_mul_ps(_mm256_set1_ps(*t.dm[r].as_ptr().add(s)), da);
                 facc[r] = _mm256_fnmadd_ps(o, dm, facc[r]);
             }
@@ -307,13 +460,73 @@ pub(crate) fn unpack_block(
         b.len() >= ty.type_size() && q.len() >= QK_K && sc.len() >= SC_LANES && om.len() >= 16,
         "qgemm unpack operands too short"
     );
-    // SAFETY: only called when `qgemm::tile_fn` returned this module's tile, i.e. after
+    // Natural order first, then the panel's (`qgemm::kpos`).
+    let mut t = [0u8; QK_K];
+    // SAFETY: only called when `qgemm::kernels` returned this module's kernels, i.e. after
     // avx2+fma+f16c were detected; lengths checked above bound every access.
-    unsafe {
+    let ds = unsafe {
         match ty {
-            GgmlType::Q4K => unpack_q4k(b, q, sc, om),
-            GgmlType::Q6K => unpack_q6k(b, q, sc, om),
+            GgmlType::Q4K => unpack_q4k(b, &mut t, sc, om),
+            GgmlType::Q6K => unpack_q6k(b, &mut t, sc, om),
             _ => unreachable!("qgemm admits Q4_K and Q6_K only"),
+        }
+    };
+    perm_k(&t, q);
+    ds
+}
+
+/// AVX2 twin of `qgemm::perm_k_scalar`: one super-block's 256 bytes from natural order to the
+/// panel's (`qgemm::kpos`): an 8 x 8 transpose of 16-bit pairs in each 128-bit half, the
+/// natural 16-value groups 0-7 in the low halves and 8-15 in the high.
+pub(crate) fn perm_k(src: &[u8], dst: &mut [u8]) {
+    assert!(src.len() >= QK_K && dst.len() >= QK_K, "perm_k operands");
+    // SAFETY: only handed out on AVX2 (see `tile`); 256 bytes in and out checked above.
+    unsafe { perm_k_kernel(src.as_ptr(), dst.as_mut_ptr()) }
+}
+
+/// SAFETY (caller): avx2 available; 256 readable bytes at `src`, 256 writable at `dst`.
+#[target_feature(enable = "avx2")]
+unsafe fn perm_k_kernel(src: *const u8, dst: *mut u8) {
+    // SAFETY: per the caller's contract (16 loads and 8 stores of 16 / 32 bytes inside).
+    unsafe {
+        // r[i]: group i (16 bytes = 8 pairs) in the low half, group i + 8 in the high.
+        let r: [__m256i; 8] = std::array::from_fn(|i| {
+            _mm256_loadu2_m128i(
+                src.add(16 * (i + 8)) as *const __m128i,
+                src.add(16 * i) as *const __m128i,
+            )
+        });
+        let lo16 = |x, y| _mm256_unpacklo_epi16(x, y);
+        let hi16 = |x, y| _mm256_unpackhi_epi16(x, y);
+        let a = [
+            lo16(r[0], r[1]),
+            hi16(r[0], r[1]),
+            lo16(r[2], r[3]),
+            hi16(r[2], r[3]),
+            lo16(r[4], r[5]),
+            hi16(r[4], r[5]),
+            lo16(r[6], r[7]),
+            hi16(r[6], r[7]),
+        ];
+        let lo32 = |x, y| _mm256_unpacklo_epi32(x, y);
+        let hi32 = |x, y| _mm256_unpackhi_epi32(x, y);
+        // b[0]: pairs 0-1 of groups 0-3; b[1]: pairs 2-3; b[2]: 4-5; b[3]: 6-7; b[4..]: groups 4-7.
+        let b = [
+            lo32(a[0], a[2]),
+            hi32(a[0], a[2]),
+            lo32(a[1], a[3]),
+            hi32(a[1], a[3]),
+            lo32(a[4], a[6]),
+            hi32(a[4], a[6]),
+            lo32(a[5], a[7]),
+            hi32(a[5], a[7]),
+        ];
+        for j in 0..4 {
+            // Step 2j and 2j + 1: pair 2j (2j + 1) of groups 0-7 (and 8-15 in the high half).
+            let even = _mm256_unpacklo_epi64(b[j], b[j + 4]);
+            let odd = _mm256_unpackhi_epi64(b[j], b[j + 4]);
+            _mm256_storeu_si256(dst.add(64 * j) as *mut __m256i, even);
+            _mm256_storeu_si256(dst.add(64 * j + 32) as *mut __m256i, odd);
         }
     }
 }
@@ -327,7 +540,7 @@ unsafe fn unpack_q4k(b: &[u8], q: &mut [u8], sc: &mut [i16], om: &mut [i16]) -> 
     }
     let m4 = _mm256_set1_epi8(0x0F);
     // SAFETY: in bounds per the caller's contract (16 + 4 * 32 <= 144, 4 * 64 <= 256,
-    // 8 * 16 <= SC_LANES).
+    // 2 * 8 <= SC_LANES).
     unsafe {
         for j in 0..4 {
             let v = _mm256_loadu_si256(b.as_ptr().add(16 + 32 * j) as *const __m256i);
@@ -337,8 +550,8 @@ unsafe fn unpack_q4k(b: &[u8], q: &mut [u8], sc: &mut [i16], om: &mut [i16]) -> 
             _mm256_storeu_si256(qp.add(32) as *mut __m256i, hi);
         }
         for (k, &s) in scales.iter().enumerate() {
-            let v = _mm256_set1_epi16(s as i16);
-            _mm256_storeu_si256(sc.as_mut_ptr().add(16 * k) as *mut __m256i, v);
+            *sc.as_mut_ptr().add(2 * k) = s as i16;
+            *sc.as_mut_ptr().add(2 * k + 1) = s as i16;
         }
     }
     (crate::scalar::f16_at(b, 0), crate::scalar::f16_at(b, 2))
@@ -369,12 +582,10 @@ unsafe fn unpack_q6k(b: &[u8], q: &mut [u8], sc: &mut [i16], om: &mut [i16]) -> 
             _mm256_storeu_si256(qp.add(2), _mm256_or_si256(l2, h2));
             _mm256_storeu_si256(qp.add(3), _mm256_or_si256(l3, h3));
         }
-        for g in 0..16 {
-            let v = _mm_set1_epi16(*p.add(192 + g) as i8 as i16);
-            _mm_storeu_si128(sc.as_mut_ptr().add(8 * g) as *mut __m128i, v);
-        }
-        let s8 = _mm_loadu_si128(p.add(192) as *const __m128i);
-        _mm256_storeu_si256(om.as_mut_ptr() as *mut __m256i, _mm256_cvtepi8_epi16(s8));
+        // The 16 group scales are both the scale lanes and the offset multipliers.
+        let s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192) as *const __m128i));
+        _mm256_storeu_si256(sc.as_mut_ptr() as *mut __m256i, s16);
+        _mm256_storeu_si256(om.as_mut_ptr() as *mut __m256i, s16);
     }
     let d = crate::scalar::f16_at(b, 208);
     (d, 32.0 * d)
@@ -470,9 +681,18 @@ unsafe fn kernel32(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
             let bias = _mm256_loadu_si256(t.bias.as_ptr().add(j * t.da_stride) as *const __m256i);
             for r in 0..TILE_R {
                 let p = pair_dots(q[r].add(off), a, off);
-                let m01 = _mm256_madd_epi16(_mm256_hadd_epi16(p[0], p[1]), ones);
-                let m23 = _mm256_madd_epi16(_mm256_hadd_epi16(p[2], p[3]), ones);
-                let s = _mm256_sub_epi32(_mm256_hadd_epi32(m01, m23), bias);
+                // Columns 0/1 and 2/3 interleaved by lane pairs, each i16 the sum of two (lanes
+                // i and i + 4 of a 128-bit half), then to i32: [c0, c1, c0, c1] per half.
+                let add_halves = |x: __m256i, y: __m256i| {
+                    _mm256_add_epi16(_mm256_unpacklo_epi32(x, y), _mm256_unpackhi_epi32(x, y))
+                };
+                let m01 = _mm256_madd_epi16(add_halves(p[0], p[1]), ones);
+                let m23 = _mm256_madd_epi16(add_halves(p[2], p[3]), ones);
+                let sum = _mm256_add_epi32(
+                    _mm256_unpacklo_epi64(m01, m23),
+                    _mm256_unpackhi_epi64(m01, m23),
+                );
+                let s = _mm256_sub_epi32(sum, bias);
                 // (dw[2j], dw[2j + 1]) spread to lanes 0-3 and 4-7.
                 let dw2 = _mm_castpd_ps(_mm_load_sd(t.dw[r].as_ptr().add(2 * j) as *const f64));
                 let dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(dw2), pick);
