@@ -228,6 +228,7 @@ macro_rules! q32_tile {
                         // The 8 blocks' scale products for every row at once (one multiply per
                         // row instead of one per pair and block).
                         let wp = w[r].add(b * $ts);
+                        pf_ahead(wp, 8 * $ts);
                         let h = |k: usize| std::ptr::read_unaligned(wp.add(k * $ts) as *const i16);
                         let s = _mm256_cvtph_ps(_mm_setr_epi16(
                             h(0),
@@ -255,6 +256,7 @@ macro_rules! q32_tile {
                     // The rest block by block (b is even here: `full` is a multiple of 8).
                     let one = |b: usize, acc: &mut [__m256; C]| {
                         let xp = w[r].add(b * $ts);
+                        pf_ahead(xp, $ts);
                         let fx = f16_bcast(xp);
                         let d = std::array::from_fn(|c| {
                             _mm256_mul_ps(fx, _mm256_broadcast_ss(&*ad[c].add(b)))
@@ -341,6 +343,26 @@ fn fence<const C: usize>(v: &mut [__m256i; C]) {
 
 /// `pshufb` control that spreads byte `s` of each 128-bit lane, zero-extended, to all 8 of
 /// the lane's u16 (a per-sub-block scale broadcast without leaving the vector unit).
+/// Software prefetch of the `len` weight bytes `PF_BYTES` ahead of `p` (the span the caller
+/// is about to read, shifted), every cache line of it: decode streams each weight byte once
+/// from DRAM, and the hardware prefetcher alone left the two cores at ~60% of the machine's
+/// bandwidth (a 37 MB Q4_K matrix: ~+15-25% GB/s with this, 1.1 KB ahead to 2.3 KB ahead
+/// measured alike within noise). Prefetches are hints: an address past the matrix never faults.
+#[inline(always)]
+fn pf_ahead(p: *const u8, len: usize) {
+    const PF_BYTES: usize = 2048;
+    let q = p.wrapping_add(PF_BYTES);
+    let mut o = 0;
+    while o < len {
+        // SAFETY: `prefetcht0` never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(o) as *const i8) };
+        o += 64;
+    }
+    // The span's last line when `len` is not a multiple of 64.
+    // SAFETY: as above.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(len - 1) as *const i8) };
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn scale_pick(s: usize) -> __m256i {
@@ -365,6 +387,7 @@ pub(crate) unsafe fn q4_k_k<const R: usize, const C: usize>(
         for i in 0..nb {
             for r in 0..R {
                 let xp = w[r].add(i * 144);
+                pf_ahead(xp, 144);
                 // [d_x, m_x, 0, 0] as f32: one conversion for both block scales.
                 let fdm = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(
                     xp as *const i32,
@@ -459,6 +482,7 @@ pub(crate) unsafe fn q6_k_k<const R: usize, const C: usize>(
         for i in 0..nb {
             for r in 0..R {
                 let xp = w[r].add(i * 210);
+                pf_ahead(xp, 210);
                 let sc = xp.add(192);
                 let fd = f16_bcast(xp.add(208));
                 // -32 offset folded in via the activation group sums: sum_g sc[g] * bsums[g].
@@ -688,6 +712,7 @@ pub(crate) unsafe fn q5_0_r8_blocks<const C: usize>(
         macro_rules! group {
             ($size:literal, $p:ident => $scales:expr, $load:ident, $store:ident, $mul:ident) => {{
                 let $p = w.add(b * 22);
+                pf_ahead($p, $size * 22);
                 let s = $scales;
                 let mut d = [[0.0f32; $size]; C];
                 for c in 0..C {
