@@ -259,6 +259,9 @@ fn matmul_awkward_batches_and_rows() {
     check_matmul(GgmlType::Q4K, 7, 2560, 17, &mut rng);
     check_matmul(GgmlType::Q6K, 5, 4864, 18, &mut rng);
     check_matmul(GgmlType::Q5_0, 4, 1600, 9, &mut rng);
+    // Q5_0 k-blocks of 32 blocks, the last one odd (3 blocks: a zero pad block in its pair,
+    // after full k-blocks used the same panel rows).
+    check_matmul(GgmlType::Q5_0, 4, 2144, 9, &mut rng);
 }
 
 #[test]
