@@ -188,8 +188,9 @@ enum Check {
     Number(String),
     /// Code: the program built from the completion must pass the problem's tests.
     HumanEval(Box<crate::data::HumanEvalDoc>),
-    /// MATH: the normalized answer against this normalized reference.
-    Math(String),
+    /// MATH: the normalized answer against this normalized reference; the solution is
+    /// math-verify's gold (lm-eval's `math_verify` metric).
+    Math(String, String),
     /// MBPP: the completion followed by the problem's asserts must pass.
     Mbpp(Box<crate::data::MbppDoc>),
     /// HumanEval for instruct models: the completion cut at its closing fence.
@@ -295,7 +296,7 @@ impl Runner<'_> {
                         .map(|(i, doc)| GenItem {
                             id: i.to_string(),
                             prompt: tasks::math::fewshot_prompt(doc, k),
-                            check: Check::Math(doc.answer.clone()),
+                            check: Check::Math(doc.answer.clone(), doc.solution.clone()),
                         })
                         .collect(),
                 )
@@ -447,7 +448,7 @@ impl Runner<'_> {
         let stop: &[&str] = match item.check {
             Check::Number(_) => &tasks::gsm8k::STOP,
             Check::HumanEval(_) => &tasks::humaneval::STOP,
-            Check::Math(_) => &tasks::math::STOP,
+            Check::Math(..) => &tasks::math::STOP,
             Check::Mbpp(_) => &tasks::mbpp::STOP,
             Check::HumanEvalInstruct(_) => &tasks::humaneval_instruct::STOP,
             Check::MbppInstruct(_) => &tasks::mbpp_instruct::STOP,
@@ -630,8 +631,9 @@ fn judge(id: &str, prompt_sha: &str, text: String, check: &Check) -> Result<Json
             let program = tasks::humaneval::program(doc, &text);
             program_record(&program, id, prompt_sha, &text)?
         }
-        Check::Math(target) => {
+        Check::Math(target, solution) => {
             let j = tasks::math::judge(&text, target);
+            let mv = tasks::math_verify::math_verify(solution, &text);
             json!({
                 "id": id,
                 "prompt_sha256": prompt_sha,
@@ -643,6 +645,7 @@ fn judge(id: &str, prompt_sha: &str, text: String, check: &Check) -> Result<Json
                 "exact_match_boxed": f64::from(u8::from(j.exact_match_boxed)),
                 "by_equivalence": j.by_equivalence,
                 "by_equivalence_boxed": j.by_equivalence_boxed,
+                "math_verify": f64::from(u8::from(mv)),
             })
         }
         Check::Mbpp(doc) => {
@@ -759,6 +762,11 @@ fn aggregate(task: Task, records: &[Json]) -> std::collections::BTreeMap<String,
         Task::Math | Task::Math500 => {
             for name in ["exact_match", "exact_match_boxed"] {
                 m.insert(name.into(), mean_stderr(&field(records, name)));
+            }
+            // Only where every record has it (items cached before it existed do not).
+            let mv = field(records, "math_verify");
+            if mv.len() == records.len() {
+                m.insert("math_verify".into(), mean_stderr(&mv));
             }
         }
         Task::Lambada => {
@@ -914,5 +922,28 @@ mod tests {
             err.contains("seed: 7 there, 1234 now") && !err.contains("max_gen"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn math_records_carry_math_verify() {
+        let check = Check::Math("\\frac{1}{2}".into(), "So $\\boxed{\\frac12}$.".into());
+        let text =
+            " Thus $x = 0.5$.\nFinal Answer: The final answer is $0.5$. I hope it is correct.";
+        let ok = judge("0", "sha", text.into(), &check).expect("record");
+        assert_eq!(ok["math_verify"], 1.0);
+        let bad = judge(
+            "1",
+            "sha",
+            "Final Answer: The final answer is $2$.".into(),
+            &check,
+        )
+        .expect("record");
+        assert_eq!(bad["math_verify"], 0.0);
+        let m = aggregate(Task::Math, &[ok.clone(), bad]);
+        assert_eq!(m["math_verify"].value, 0.5);
+        // A record cached before the metric existed: no partial mean.
+        let mut old = ok.clone();
+        old.as_object_mut().expect("object").remove("math_verify");
+        assert!(!aggregate(Task::Math, &[ok, old]).contains_key("math_verify"));
     }
 }

@@ -11,7 +11,7 @@
 //! LaTeX (sympy's `parse_latex` grammar) with a zero difference; see [`super::math_equiv`].
 //! `exact_match` is lm-eval's extraction; `exact_match_boxed` falls back to the last
 //! `\boxed{…}` of the generation when there is no "Final Answer" line. (0.4.13 also reports a
-//! `math_verify` metric from the `math-verify` package; we do not.)
+//! `math_verify` metric from the `math-verify` package: [`super::math_verify`], per item in run.rs.)
 //!
 //! The reference answer is lm-eval's `process_docs` target, [`reference_answer`]:
 //! `normalize_final_answer(remove_boxed(last_boxed_only_string(solution)))`, recomputed from

@@ -14,6 +14,7 @@ pub mod humaneval;
 pub mod humaneval_instruct;
 pub mod math;
 pub mod math_equiv;
+pub mod math_verify;
 pub mod mbpp;
 pub mod mbpp_instruct;
 pub mod mmlu;
