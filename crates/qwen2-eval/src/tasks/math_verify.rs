@@ -19,9 +19,10 @@
 //!    assignment `x = 5` against a plain answer by its right side; symbols by name.
 //!
 //! Agreement with the real package is measured on a fixture it made
-//! (`scripts/fixtures/math_verify_cases.py`), see the tests. Known gaps: no `solve` of
-//! relations, no matrices, no complex numbers, no set algebra beyond `\cup` of intervals
-//! compared term by term, and sympy's structural quirks (e.g. `1+1` is not a "Number").
+//! (`scripts/fixtures/math_verify_cases.py`), see the tests. Matrices are compared entry by
+//! entry. Known gaps: no `solve` of relations, no complex numbers, no set algebra beyond `\cup`
+//! of intervals compared term by term, and sympy's structural quirks (e.g. `1+1` is not a
+//! "Number").
 
 use std::sync::OnceLock;
 
