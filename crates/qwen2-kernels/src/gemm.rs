@@ -106,11 +106,14 @@ pub(crate) fn panel_matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: 
     let chunk = (by_cache.min(by_par) / TILE_R).max(1) * TILE_R;
     let n_chunks = rows.div_ceil(chunk);
     let optr = OutPtr(out.as_mut_ptr());
-    (0..n_chunks).into_par_iter().for_each(|ci| {
+    let task = |ci: usize, panel: &mut Vec<f32>| {
         let r0 = ci * chunk;
         let r1 = (r0 + chunk).min(rows);
         let nr = r1 - r0;
-        let mut panel = vec![0.0f32; nr * kc];
+        // Old contents are fine: each row's first `kl` values are dequantized before use.
+        if panel.len() < nr * kc {
+            panel.resize(nr * kc, 0.0);
+        }
         let mut k0 = 0;
         while k0 < cols {
             let k1 = (k0 + kc).min(cols);
@@ -158,7 +161,20 @@ pub(crate) fn panel_matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: 
             }
             k0 = k1;
         }
+    };
+    (0..n_chunks).into_par_iter().for_each(|ci| {
+        // Reused: a fresh zeroed panel per task is a `memset` as large as the panel (the
+        // LM head of a short prompt's last row: ~1% of MMLU). A nested call on a worker that
+        // stole this task while inside one takes a fresh panel.
+        PANEL.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut panel) => task(ci, &mut panel),
+            Err(_) => task(ci, &mut Vec::new()),
+        })
     });
+}
+
+thread_local! {
+    static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(test)]

@@ -13,8 +13,10 @@
 //! - `matmul`: quantize activations once, split rows over rayon (decode, small batches).
 //! - `gemm`: prefill GEMM over dequantized f32 panels with a register-tile microkernel.
 //! - `qgemm`: prefill GEMM for Q4_K / Q6_K in int8 (Q8_K activations) on unpacked panels.
+//! - `activation`: SwiGLU's `silu(gate) * up` (scalar libm twin, AVX2 vector exp).
 //! - `repack`: load-time repacking of Q5_0 rows into the decode-friendly `Q5_0R8` layout.
 
+mod activation;
 mod attention;
 mod decode;
 mod error;
@@ -29,6 +31,7 @@ mod types;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+pub use activation::{silu_mul, silu_mul_with_isa};
 pub use attention::{attention, attention_with_isa, AttnShape, KvData, KEY_BLOCK};
 #[doc(hidden)]
 pub use attention::{attention_scheduled, Schedule};

@@ -1,4 +1,5 @@
-//! AVX2 + FMA + F16C block operations of `attention.rs` (scalar twins: `attention::scalar`).
+//! AVX2 + FMA + F16C block operations of `attention.rs` (scalar twins: `attention::scalar`),
+//! and SwiGLU's `silu_mul` (`activation.rs`), which shares the softmax's vector `exp`.
 //!
 //! Only `attention::Kernel::Avx2` calls these, and it is picked only after `Isa::Avx2` was
 //! found available and only for `head_dim % 8 == 0`. Each safe entry point checks the slice
@@ -281,6 +282,46 @@ pub(crate) fn exp_ps(x: __m256) -> __m256 {
             ),
         ),
     )
+}
+
+/// SwiGLU's `gate = silu(gate) * up` (see `crate::activation`), 8 values per step with
+/// [`exp_ps`]; the last `len % 8` values through a zero-padded step.
+pub(crate) fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "silu_mul lengths");
+    // SAFETY: only reached through `activation::silu_mul_with_isa`, which checked that the
+    // CPU has avx2+fma.
+    unsafe { silu_mul_kernel(gate, up) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_mul_kernel(gate: &mut [f32], up: &[f32]) {
+    let one = _mm256_set1_ps(1.0);
+    let step = |g: __m256, u: __m256| {
+        let e = exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), g));
+        _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), u)
+    };
+    let mut gc = gate.chunks_exact_mut(8);
+    let mut uc = up.chunks_exact(8);
+    for (g, u) in (&mut gc).zip(&mut uc) {
+        // SAFETY: both chunks are 8 f32s.
+        unsafe {
+            let v = step(_mm256_loadu_ps(g.as_ptr()), _mm256_loadu_ps(u.as_ptr()));
+            _mm256_storeu_ps(g.as_mut_ptr(), v);
+        }
+    }
+    let (g, u) = (gc.into_remainder(), uc.remainder());
+    if !g.is_empty() {
+        let (mut gb, mut ub) = ([0.0f32; 8], [0.0f32; 8]);
+        gb[..g.len()].copy_from_slice(g);
+        ub[..u.len()].copy_from_slice(u);
+        // SAFETY: both buffers are 8 f32s.
+        unsafe {
+            let v = step(_mm256_loadu_ps(gb.as_ptr()), _mm256_loadu_ps(ub.as_ptr()));
+            _mm256_storeu_ps(gb.as_mut_ptr(), v);
+        }
+        let n = g.len();
+        g.copy_from_slice(&gb[..n]);
+    }
 }
 
 /// P·V: up to 3 probability rows × 32 columns (12 accumulators) per pass, over keys `lo..hi`.
