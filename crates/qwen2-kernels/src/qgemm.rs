@@ -102,9 +102,30 @@ fn format(ty: GgmlType) -> Option<Format> {
 /// `dw * da * sumi` tile: `QTILE_R` panel rows against `TILE_C` activation rows over `nsb`
 /// scale units (k-quants: super-blocks, with `nsb * SC_LANES` i16 group scales per row; 32-value
 /// blocks: no group scales). Arguments: quants of each row (`nsb * unit` bytes), group
-/// scales, unit scales (`nsb`), activations (`nsb * unit` i8 each), and the activation scales
-/// transposed: `da[s * da_stride + c]` for the tile's 4 columns.
+/// scales, unit scales (`nsb * dw_per_unit(unit)`), activations (`nsb * unit` i8 each), and
+/// the activation scales transposed: `da[s * da_stride + c]` for the tile's 4 columns.
 pub(crate) type QTileFn = fn(&QTileArgs) -> [[f32; TILE_C]; QTILE_R];
+
+/// Unit scales per unit in a panel: one per k-quant super-block; four per 32-value block, the
+/// block's scale repeated, so a block pair's `[d0 x 4, d1 x 4]` (the lanes of its column sums,
+/// see `kernel32`) is one load, a memory operand of the scale multiply (it was a 64-bit load
+/// and two shuffles per row and pair).
+pub(crate) const fn dw_per_unit(unit: usize) -> usize {
+    if unit == 32 {
+        4
+    } else {
+        1
+    }
+}
+
+/// Spreads the first `n` block scales of `d` to [`dw_per_unit`]`(32)` copies each, in place
+/// (`d.len() >= 4 * n`).
+pub(crate) fn spread_block_scales(d: &mut [f32], n: usize) {
+    for b in (0..n).rev() {
+        let v = d[b];
+        d[4 * b..4 * b + 4].fill(v);
+    }
+}
 
 /// Operands of one [`QTileFn`] call (slices bound the unsafe SIMD reads).
 pub(crate) struct QTileArgs<'a> {
@@ -139,7 +160,7 @@ pub(crate) struct QStrip<'a> {
     pub rows: usize,
     pub nc: usize,
     /// Row `r`'s quants at `q[r * q_stride..]`, group scales (k-quants) at
-    /// `sc[r * sc_stride..]`, unit scales at `dw[r * dw_stride..]`.
+    /// `sc[r * sc_stride..]`, unit scales at `dw[r * dw_stride..]` ([`dw_per_unit`] each).
     pub q: &'a [u8],
     pub q_stride: usize,
     pub sc: &'a [i16],
@@ -184,7 +205,7 @@ impl<'a> QStrip<'a> {
             nsb: self.nsb,
             q: ri.map(|r| &self.q[r * self.q_stride..r * self.q_stride + self.nsb * self.unit]),
             sc: ri.map(|r| &self.sc[r * self.sc_stride..r * self.sc_stride + scn]),
-            dw: ri.map(|r| &self.dw[r * ds..r * ds + self.nsb]),
+            dw: ri.map(|r| &self.dw[r * ds..r * ds + self.nsb * dw_per_unit(self.unit)]),
             om: ri.map(om),
             dm: ri.map(dm),
             bs: self.bs,
@@ -301,7 +322,7 @@ pub(crate) fn tile32_scalar(t: &QTileArgs) -> [[f32; TILE_C]; QTILE_R] {
                     .map(|i| t.q[r][pos32(b, i)] as i32 * t.a[c][pos32(b, i)] as i32)
                     .sum::<i32>();
                 let at = (b / 2) * t.da_stride + 4 * (b % 2) + c;
-                *v += (sumi - t.bias[at]) as f32 * (t.dw[r][b] * t.da[at]);
+                *v += (sumi - t.bias[at]) as f32 * (t.dw[r][4 * b] * t.da[at]);
             }
         }
     }
@@ -580,7 +601,8 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
         let nr = r1 - r0;
         let pq = at_least(&mut bufs.q, nr * kbp * f.unit);
         let psc = at_least(&mut bufs.sc, nr * kb * scales);
-        let pd = at_least(&mut bufs.d, nr * kbp);
+        let dpu = dw_per_unit(f.unit);
+        let pd = at_least(&mut bufs.d, nr * kbp * dpu);
         let pom = at_least(&mut bufs.om, nr * kbp * oms);
         let pdm = at_least(&mut bufs.dm, nr * kbp * dms);
         // The chunk's results, `[batch][nr]`, summed over k-blocks here (contiguous, cache
@@ -596,7 +618,10 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
             let nsp = if f.kquant { ns } else { ns.next_multiple_of(2) };
             for r in 0..nr {
                 let row = w.row(r0 + r);
-                let (q, d) = (&mut pq[r * kbp * f.unit..], &mut pd[r * kbp..(r + 1) * kbp]);
+                let (q, d) = (
+                    &mut pq[r * kbp * f.unit..],
+                    &mut pd[r * kbp * dpu..(r + 1) * kbp * dpu],
+                );
                 if f.kquant {
                     for s in s0..s1 {
                         let i = s - s0;
@@ -617,6 +642,7 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
                     }
                     d[ns..nsp].fill(0.0);
                     (k.unpack32)(ty, &row[s0 * ts..s1 * ts], &mut q[..nsp * 32], &mut d[..ns]);
+                    spread_block_scales(d, nsp);
                 }
             }
             let mut c0 = 0;
@@ -642,7 +668,7 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
                     sc: psc,
                     sc_stride: kb * scales,
                     dw: pd,
-                    dw_stride: kbp,
+                    dw_stride: kbp * dpu,
                     om: pom,
                     dm: pdm,
                     bs: std::array::from_fn(|i| {
@@ -872,7 +898,15 @@ mod tests {
                 .map(|_| (0..nsb * scales).map(|g| scale(seed, g)).collect())
                 .collect();
             let dw = (0..QTILE_R)
-                .map(|_| (0..nsb).map(|_| (lcg(seed) % 100) as f32 * 1e-4).collect())
+                .map(|_| {
+                    let mut d: Vec<f32> = (0..nsb * dw_per_unit(unit))
+                        .map(|_| (lcg(seed) % 100) as f32 * 1e-4)
+                        .collect();
+                    if unit == 32 {
+                        spread_block_scales(&mut d, nsb);
+                    }
+                    d
+                })
                 .collect();
             // k-quants: offset multipliers as signed as Q6_K's scales, offset scales, and
             // 16-value activation sums up to their extremes (16 * 127).
@@ -969,7 +1003,8 @@ mod tests {
             ] {
                 let (unit, lanes) = if kquant { (QK_K, SC_LANES) } else { (32, 0) };
                 for (rows, nc) in [(1usize, 1usize), (4, 3), (7, 4), (9, 2)] {
-                    let (qs, ss, ds) = (nsb * unit + 32, nsb * lanes + 16, nsb + 1);
+                    let (qs, ss) = (nsb * unit + 32, nsb * lanes + 16);
+                    let ds = (nsb + 1) * dw_per_unit(unit);
                     let qmax = match (kquant, q4k) {
                         (true, true) => 16,
                         (true, false) => 64,
@@ -981,9 +1016,14 @@ mod tests {
                     let sc: Vec<i16> = (0..rows * ss)
                         .map(|l| ((l / 8 * 29 + 3) % 128) as i16 - 64)
                         .collect();
-                    let dw: Vec<f32> = (0..rows * ds)
+                    let mut dw: Vec<f32> = (0..rows * ds)
                         .map(|_| (lcg(&mut seed) % 100) as f32 * 1e-4)
                         .collect();
+                    if !kquant {
+                        for d in dw.chunks_mut(ds) {
+                            spread_block_scales(d, nsb + 1);
+                        }
+                    }
                     let nom = if kquant { 16 } else { 0 };
                     let om: Vec<i16> = (0..rows * ds * nom)
                         .map(|_| (lcg(&mut seed) % 64) as i16)

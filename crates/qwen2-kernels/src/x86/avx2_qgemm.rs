@@ -11,7 +11,7 @@
 use crate::gemm::TILE_C;
 use crate::qgemm::QTILE_R as TILE_R;
 use crate::qgemm::SC_LANES;
-use crate::qgemm::{QStrip, QTileArgs};
+use crate::qgemm::{dw_per_unit, QStrip, QTileArgs};
 use crate::types::QK_K;
 use crate::GgmlType;
 use std::arch::x86_64::*;
@@ -94,7 +94,7 @@ fn strip_checked(s: &QStrip, res: &mut [f32], sc_lanes: usize) {
         && (1..=TILE_C).contains(&s.nc)
         && s.q.len() >= last * s.q_stride + n
         && s.sc.len() >= last * s.sc_stride + s.nsb * sc_lanes
-        && s.dw.len() >= last * s.dw_stride + s.nsb
+        && s.dw.len() >= last * s.dw_stride + s.nsb * dw_per_unit(s.unit)
         && s.a.iter().all(|a| a.len() >= n)
         && (s.nsb == 0 || s.unit == 32 || s.da.len() >= (s.nsb - 1) * s.da_stride + TILE_C)
         && res.len() >= (s.nc - 1) * s.rows + s.rows;
@@ -117,7 +117,8 @@ unsafe fn strip_kernel<const PAIRS: bool, const Q4K: bool>(s: &QStrip, res: &mut
         let t = unsafe {
             let q = |r: usize| s.q.get_unchecked(r * s.q_stride..r * s.q_stride + n);
             let sc = |r: usize| s.sc.get_unchecked(r * s.sc_stride..r * s.sc_stride + scn);
-            let dw = |r: usize| s.dw.get_unchecked(r * s.dw_stride..r * s.dw_stride + s.nsb);
+            let dwn = s.nsb * dw_per_unit(s.unit);
+            let dw = |r: usize| s.dw.get_unchecked(r * s.dw_stride..r * s.dw_stride + dwn);
             // (32-value blocks have no offsets: their slices may be empty, so none is formed.)
             let ds = s.dw_stride;
             let om = |r: usize| -> &[i16] {
@@ -598,7 +599,7 @@ pub(crate) fn tile32(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
     let pairs = t.nsb / 2;
     let ok = t.nsb.is_multiple_of(2)
         && t.q.iter().all(|q| q.len() >= n)
-        && t.dw.iter().all(|d| d.len() >= t.nsb)
+        && t.dw.iter().all(|d| d.len() >= 4 * t.nsb)
         && t.a.iter().all(|a| a.len() >= n)
         && (pairs == 0 || t.da.len() >= (pairs - 1) * t.da_stride + 2 * TILE_C)
         && (pairs == 0 || t.bias.len() >= (pairs - 1) * t.da_stride + 2 * TILE_C);
@@ -647,10 +648,30 @@ unsafe fn pair_dots(w: *const u8, a: [*const i8; TILE_C], off: usize) -> [__m256
             p1 = out(ymm_reg) p1,
             p2 = out(ymm_reg) p2,
             p3 = out(ymm_reg) p3,
-            options(nostack, preserves_flags, readonly, pure),
+            // Not `pure`: kept in program order with `row_done`, so a row's products are
+            // formed only after the previous row's epilogue (see `kernel32`).
+            options(nostack, preserves_flags, readonly),
         );
     }
     [p0, p1, p2, p3]
+}
+
+/// Orders `kernel32`'s rows: an empty `asm!` with side effects that "modifies" the row's
+/// accumulator after its FMA. With `pair_dots` also ordered, row r + 1's products start only
+/// once row r is folded; left free, LLVM formed all three rows' products first and spilled
+/// (da, bias, an accumulator and half-folded sums to the stack: ~10 extra loads and stores
+/// per block pair, one in an accumulator's FMA chain).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn row_done(acc: &mut __m256) {
+    // SAFETY: an empty asm block that only "modifies" the register holding `acc`.
+    unsafe {
+        std::arch::asm!(
+            "/* {0} */",
+            inout(ymm_reg) * acc,
+            options(nomem, nostack, preserves_flags)
+        )
+    };
 }
 
 /// Per block pair and weight row: two `vpmaddubsw` per activation row (one per pair vector),
@@ -671,7 +692,6 @@ unsafe fn kernel32(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
         t.a[3].as_ptr(),
     ];
     let ones = _mm256_set1_epi16(1);
-    let pick = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
     let mut facc = [_mm256_setzero_ps(); TILE_R];
     // SAFETY: every offset stays below the lengths `tile32` checked (j < nsb / 2).
     unsafe {
@@ -693,10 +713,10 @@ unsafe fn kernel32(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
                     _mm256_unpackhi_epi64(m01, m23),
                 );
                 let s = _mm256_sub_epi32(sum, bias);
-                // (dw[2j], dw[2j + 1]) spread to lanes 0-3 and 4-7.
-                let dw2 = _mm_castpd_ps(_mm_load_sd(t.dw[r].as_ptr().add(2 * j) as *const f64));
-                let dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(dw2), pick);
+                // dw[2j] in lanes 0-3 and dw[2j + 1] in 4-7, as stored (`dw_per_unit`).
+                let dw = _mm256_loadu_ps(t.dw[r].as_ptr().add(8 * j));
                 facc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, da), facc[r]);
+                row_done(&mut facc[r]);
             }
         }
     }
