@@ -174,7 +174,10 @@ fn fast_q8() -> &'static LoadedModel {
 }
 
 /// Same text and bar as real_model.rs's fast-path test (prefill over 512 tokens, decode token
-/// by token over the first 192), with the q8_0 cache instead of f16.
+/// by token over the first 192), with the q8_0 cache instead of f16. Top-1 agreement over 512
+/// tokens at p ~ 0.92 has a standard error of ~0.012, so its margin under llama.cpp's is 0.025
+/// (~2 sigma; a broken cache falls far below it): 0.015 failed on a 2-ulp change to SiLU
+/// (4 of 512 tokens flipped) that lowered both mean KLs (0.0194 -> 0.0189, 0.0246 -> 0.0220).
 #[test]
 fn real_model_q8_0_kv_kl_and_top1_against_exact() {
     let ids = kl_text();
@@ -192,6 +195,8 @@ fn real_model_q8_0_kv_kl_and_top1_against_exact() {
     }
     // llama.cpp's own q8_0 KV cache on the same tokens against the same reference.
     let bars = read_json(&fixture("real/kv_q8_llamacpp.json"));
+    // Both measured (and printed) before either is judged.
+    let mut failures = Vec::new();
     for (name, ours, key) in [
         ("prefill", &prefill[..], "q8_0_kv_vs_exact"),
         ("decode", &decode[..], "q8_0_kv_vs_exact_first192"),
@@ -206,12 +211,14 @@ fn real_model_q8_0_kv_kl_and_top1_against_exact() {
             "fast + q8_0 KV {name} vs exact over {} tokens: mean KL {kl:.6}, top-1 {top1:.4} (llama.cpp q8_0 KV: {lc_kl:.6}, {lc_top1:.4})",
             ours.len() / vocab
         );
-        assert!(kl <= 0.025, "{name}: mean KL {kl} > 0.025");
-        assert!(
-            top1 >= lc_top1 - 0.015,
-            "{name}: top-1 {top1} < {lc_top1} - 0.015"
-        );
+        if kl > 0.025 {
+            failures.push(format!("{name}: mean KL {kl} > 0.025"));
+        }
+        if top1 < lc_top1 - 0.025 {
+            failures.push(format!("{name}: top-1 {top1} < {lc_top1} - 0.025"));
+        }
     }
+    assert!(failures.is_empty(), "{}", failures.join("; "));
 }
 
 /// The cache's own share of the error: exact weights and activations, only K/V rounded to
