@@ -80,8 +80,10 @@ impl Linear {
 }
 
 /// A matmul weight in the kernels' faster in-memory layout where its format has one
-/// (`Tensor::repacked`: Q5_0 -> Q5_0R8, bitwise the same results). `QWEN2_NO_REPACK=1` keeps
-/// the file's layout (A/B benchmarks). Only matmul weights: the embedding is read by rows.
+/// (`Tensor::repacked`: Q5_0 -> Q5_0R8: the same values; prompt rows give bitwise the same
+/// results, decode rows round their dot products per block instead of per lane, see
+/// `qwen2_kernels::repack`). `QWEN2_NO_REPACK=1` keeps the file's layout (A/B benchmarks).
+/// Only matmul weights: the embedding is read by rows.
 pub(crate) fn fast_layout(t: Tensor) -> Result<Tensor> {
     if std::env::var_os("QWEN2_NO_REPACK").is_some_and(|v| !v.is_empty() && v != "0") {
         return Ok(t);

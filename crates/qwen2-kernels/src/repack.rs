@@ -24,7 +24,11 @@
 //! one `vcvtph2ps`.
 //!
 //! Values, and so every dequantized f32 and every integer dot product, are exactly those of
-//! the source Q5_0 row.
+//! the source Q5_0 row. Decode rows (batch-invariant dot products against Q8_0 activations)
+//! have their own float arithmetic here, defined below with its scalar twin: one exact integer
+//! sum and one FMA per block, where ggml's Q5_0 kernel converts and accumulates 8 partial
+//! lanes per block with a sign fix-up per product. With the activations prepared once per
+//! matmul, a batch-8 decode tile does about half the vector work per block and pair.
 
 use crate::types::GgmlType;
 use crate::KernelError;
@@ -211,17 +215,99 @@ pub(crate) fn dequantize(src: &[u8], dst: &mut [f32]) {
     }
 }
 
-/// Scalar `vec_dot` (twin of the AVX2 kernels): the Q5_0 reference, block by block, in order.
+// ------------------------------------------------------------------------------------------
+// Decode rows against Q5_0R8 (issue 5): the dot product's own arithmetic
+//
+// A pair's result is defined as: the row's blocks in slots of 8 (the last slot partial); per
+// slot, lane `l` of an 8-lane accumulator takes block `8 s + SLOT_ORDER[l]` as one FMA of its
+// exact integer dot `sum x_i * y_i` (as f32) with the scale product `d_w * d_a` (lanes of
+// missing blocks add `0 * 0`); then the 8 lanes summed as `hsum_ps` does. The integer block
+// sums are exact however they are formed, so the SIMD tiles may form them from unsigned
+// quants `q = x + 16` and subtract the activation's `16 * sum y` (one `vpmaddubsw` per block
+// and activation row, no sign fix-ups), fold 8 blocks into one vector and spend one FMA per
+// 8 blocks and pair; every ISA, tile and batch size gives the same bits as this twin.
+// (Q5_0 itself keeps ggml's per-lane arithmetic, so a repacked row's dot differs from its
+// source row's by rounding only.)
+// ------------------------------------------------------------------------------------------
+
+/// Blocks per slot of the decode dot product.
+pub(crate) const SLOT: usize = 8;
+/// Lane `l` of a slot holds block `SLOT_ORDER[l]` of it: the order in which the AVX2 fold of
+/// four block pairs leaves their sums (even blocks in the low half, odd in the high).
+pub(crate) const SLOT_ORDER: [usize; SLOT] = [0, 2, 4, 6, 1, 3, 5, 7];
+/// Bytes per slot of a prepared activation row (see [`prep_act_row`]).
+pub(crate) const ACT_SLOT_BYTES: usize = 320;
+
+/// The lane of block `k` (< 8) of a slot: the inverse of [`SLOT_ORDER`].
+pub(crate) fn slot_lane(k: usize) -> usize {
+    k / 2 + 4 * (k % 2)
+}
+
+/// Bytes of one prepared activation row of `nb` blocks.
+pub(crate) fn act_row_bytes(nb: usize) -> usize {
+    ACT_SLOT_BYTES * nb.div_ceil(SLOT)
+}
+
+/// A Q8_0 activation row of `nb` blocks laid out for the Q5_0R8 decode tiles, per slot of 8
+/// blocks (320 bytes, zeros where a block is missing):
+/// - `[0, 256)`: four block pairs of 64 bytes, pair `j` (blocks `2j`, `2j + 1`) as
+///   `[y_2j[0..16], y_2j+1[0..16], y_2j[16..32], y_2j+1[16..32]]`, so one 256-bit product of
+///   a pair keeps each block in its own 128-bit half;
+/// - `[256, 288)`: the 8 activation scales as f32, lane order ([`SLOT_ORDER`]);
+/// - `[288, 320)`: `16 * sum y` of each block as i32, lane order (the offset of `q = x + 16`).
+pub(crate) fn prep_act_row(nb: usize, a: &[u8], out: &mut [u8]) {
+    let out = &mut out[..act_row_bytes(nb)];
+    out.fill(0);
+    for (b, blk) in a.chunks_exact(34).take(nb).enumerate() {
+        let (slot, k) = (&mut out[ACT_SLOT_BYTES * (b / SLOT)..], b % SLOT);
+        let y = &blk[2..];
+        let at = 64 * (k / 2) + 16 * (k % 2);
+        slot[at..at + 16].copy_from_slice(&y[..16]);
+        slot[at + 32..at + 48].copy_from_slice(&y[16..]);
+        let lane = slot_lane(k);
+        let d = crate::scalar::f16_at(blk, 0);
+        slot[256 + 4 * lane..260 + 4 * lane].copy_from_slice(&d.to_le_bytes());
+        let sum: i32 = y.iter().map(|&v| v as i8 as i32).sum();
+        slot[288 + 4 * lane..292 + 4 * lane].copy_from_slice(&(16 * sum).to_le_bytes());
+    }
+}
+
+/// The 32 signed values `q - 16` of a Q5_0 block.
+fn q5_0_values(blk: &[u8; BLOCK]) -> [i32; 32] {
+    let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+    std::array::from_fn(|j| {
+        let nib = (blk[6 + j % 16] >> (4 * (j / 16))) & 0xF;
+        (nib as i32 | ((((qh >> j) & 1) as i32) << 4)) - 16
+    })
+}
+
+/// Scalar `vec_dot` of a Q5_0R8 row and a Q8_0 activation row: the definition above, which
+/// the AVX2 kernels equal bitwise.
 pub(crate) fn vec_dot(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let nb = n / 32;
-    (0..nb).fold(0.0f32, |sumf, b| {
-        sumf + crate::scalar::vec_dot(
-            GgmlType::Q5_0,
-            32,
-            &q5_0_block(w, nb, b),
-            &a[b * 34..(b + 1) * 34],
-        )
-    })
+    let mut acc = [0f32; SLOT];
+    for s in 0..nb.div_ceil(SLOT) {
+        for (l, acc) in acc.iter_mut().enumerate() {
+            let b = SLOT * s + SLOT_ORDER[l];
+            let (t, d) = if b < nb {
+                let blk = q5_0_block(w, nb, b);
+                let y = &a[34 * b + 2..34 * b + 34];
+                let t: i32 = q5_0_values(&blk)
+                    .iter()
+                    .zip(y)
+                    .map(|(&x, &y)| x * (y as i8 as i32))
+                    .sum();
+                let d = crate::scalar::f16_at(&blk, 0) * crate::scalar::f16_at(a, 34 * b);
+                (t as f32, d)
+            } else {
+                (0.0, 0.0)
+            };
+            *acc = t.mul_add(d, *acc);
+        }
+    }
+    // `hsum_ps`: the halves, then lanes 0 + 2 and 1 + 3, then those two.
+    let h: [f32; 4] = std::array::from_fn(|i| acc[i] + acc[i + 4]);
+    (h[0] + h[2]) + (h[1] + h[3])
 }
 
 /// Quantize a row straight to Q5_0R8 (ggml's Q5_0 reference, then [`pack_q5_0_row`]).

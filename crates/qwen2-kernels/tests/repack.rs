@@ -2,12 +2,14 @@
 //!
 //! - Dequantizing a repacked row gives bitwise the f32 values of the source Q5_0 row (scalar
 //!   and SIMD panel dequantizers), for widths 32..=4864 including every tail of 1..=7 blocks.
-//! - Dot products: on every ISA the repacked `vec_dot` equals the Q5_0 `vec_dot` of the same
-//!   ISA bitwise (same integer lane sums, same scale products, same FMA order), and the SIMD
-//!   kernels stay within the usual `2e-5 * S + 1e-6` of the scalar twin.
+//! - Dot products: Q5_0R8 has its own decode arithmetic (exact block sums, one FMA per block
+//!   and pair in a fixed lane order: `repack` module docs), so on every ISA the repacked
+//!   `vec_dot` equals its scalar twin bitwise, and the Q5_0 `vec_dot` of the same ISA within
+//!   the usual `2e-5 * S + 1e-6` (rounding only).
 //! - Decode rows (`matmul_decode`, the `<1, C>` tile kernels, C = 1..=4 and any row count)
-//!   equal the single-row `vec_dot` bitwise; prompt rows (`matmul_prompt`, dequantized panels)
-//!   equal the Q5_0 GEMM bitwise.
+//!   equal the single-row `vec_dot` bitwise (a row's bits never depend on its batch) and the
+//!   Q5_0 rows within rounding; prompt rows (`matmul_prompt`, dequantized panels) equal the
+//!   Q5_0 GEMM bitwise.
 //! - The repacked type is internal: never parsed from a ggml id, never quantized to directly.
 
 mod common;
@@ -83,7 +85,7 @@ fn repacked_rows_dequantize_bitwise_to_the_source_values() {
 }
 
 #[test]
-fn repacked_vec_dot_equals_q5_0_bitwise_and_matches_scalar_twin() {
+fn repacked_vec_dot_equals_scalar_twin_bitwise_and_q5_0_within_rounding() {
     let mut rng = StdRng::seed_from_u64(6);
     for cols in widths() {
         let q5 = q5_rows(&mut rng, 2, cols);
@@ -101,13 +103,13 @@ fn repacked_vec_dot_equals_q5_0_bitwise_and_matches_scalar_twin() {
             let s: f32 = wv.iter().zip(&xq).map(|(w, x)| (w * x).abs()).sum();
             let twin = vec_dot_with_isa(qwen2_kernels::Isa::Scalar, R8, cols, b, &qx).unwrap();
             for isa in available_isas() {
-                let want = vec_dot_with_isa(isa, Q5, cols, a, &qx).unwrap();
+                let q5 = vec_dot_with_isa(isa, Q5, cols, a, &qx).unwrap();
                 let got = vec_dot_with_isa(isa, R8, cols, b, &qx).unwrap();
-                assert_eq!(got.to_bits(), want.to_bits(), "{isa:?} cols={cols} row {r}");
+                assert_eq!(got.to_bits(), twin.to_bits(), "{isa:?} cols={cols} row {r}");
                 let tol = 2e-5 * s + 1e-6;
                 assert!(
-                    (got - twin).abs() <= tol,
-                    "{isa:?} cols={cols}: {got} vs scalar twin {twin} (tol {tol})"
+                    (got - q5).abs() <= tol,
+                    "{isa:?} cols={cols}: {got} vs Q5_0 {q5} (tol {tol})"
                 );
             }
         }
@@ -132,7 +134,16 @@ fn decode_tiles_equal_single_row_vec_dot_bitwise() {
                 matmul_decode_with_isa(isa, &w8, &x, batch, &mut got).unwrap();
                 let mut old = vec![f32::NAN; batch * rows];
                 matmul_decode_with_isa(isa, &w5, &x, batch, &mut old).unwrap();
-                assert_eq!(bits(&got), bits(&old), "{isa:?} cols={cols} batch={batch}");
+                for (i, (g, o)) in got.iter().zip(&old).enumerate() {
+                    // |w . x| <= 16 * 0.05 * sum |x|, a loose scale for the rounding bound.
+                    let c = i / rows;
+                    let s: f32 = x[c * cols..(c + 1) * cols].iter().map(|v| v.abs()).sum();
+                    let tol = 2e-5 * 16.0 * 0.05 * s + 1e-6;
+                    assert!(
+                        (g - o).abs() <= tol,
+                        "{isa:?} cols={cols} batch={batch} [{i}]: {g} vs Q5_0 {o} (tol {tol})"
+                    );
+                }
                 for c in 0..batch {
                     let mut qx = vec![0u8; arb];
                     quantize_row(GgmlType::Q8_0, &x[c * cols..(c + 1) * cols], &mut qx).unwrap();

@@ -319,39 +319,17 @@ q32_kernel!(q5_0_kernel, 22, |xp| {
     _mm256_or_si256(nibbles_32(xp.add(6)), hi)
 });
 
-/// Q5_0R8 (repacked Q5_0): the decode tile kernel's block loop on one activation row, whose
-/// f32 block scales are widened here 64 blocks at a time; bitwise equal to `q5_0_kernel` on
-/// the source Q5_0 row.
+/// Q5_0R8 (repacked Q5_0): the decode tile kernel on one activation row, prepared here
+/// (`repack::prep_act_row`; decode rows take the tile, which prepares each row once per
+/// matmul). Bitwise `repack::vec_dot`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q5_0_r8_kernel(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    const CHUNK: usize = 64;
     let nb = n / 32;
     let w = &w[..nb * 22];
-    let a = &a[..nb * 34];
-    let mut acc = [[_mm256_setzero_ps(); 1]; 2];
-    let mut ds = [0.0f32; CHUNK];
-    let mut b0 = 0;
-    while b0 < nb {
-        let b1 = (b0 + CHUNK).min(nb);
-        for (b, d) in (b0..b1).zip(ds.iter_mut()) {
-            *d = crate::scalar::f16_at(a, b * 34);
-        }
-        // SAFETY: b0 is a multiple of 8 (CHUNK is), b1 one too or nb; `w`/`a` hold nb blocks
-        // (re-sliced above) and `ds` the scales of blocks b0..b1.
-        unsafe {
-            super::avx2_decode::q5_0_r8_blocks::<1>(
-                nb,
-                b0,
-                b1,
-                w.as_ptr(),
-                [a.as_ptr()],
-                [ds.as_ptr()],
-                &mut acc,
-            )
-        };
-        b0 = b1;
-    }
-    hsum_ps(_mm256_add_ps(acc[0][0], acc[1][0]))
+    let mut p = vec![0u8; crate::repack::act_row_bytes(nb)];
+    crate::repack::prep_act_row(nb, &a[..nb * 34], &mut p);
+    // SAFETY: `w` holds nb blocks (re-sliced above) and `p` the prepared row.
+    unsafe { super::avx2_decode::r8_dot::<1>(nb, w.as_ptr(), [p.as_ptr()])[0] }
 }
 
 // ------------------------------------------------------------------------------------------

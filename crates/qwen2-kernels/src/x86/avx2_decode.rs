@@ -1,5 +1,7 @@
 //! AVX2 decode-row tile kernels (see `crate::decode`): several `(weight row, activation row)`
 //! dot products per call, each pair bitwise equal to the single-row kernel of `super::avx2`.
+//! (Q5_0R8's tile, at the end, defines its own arithmetic, see `crate::repack`; the notes below
+//! are about the other formats.)
 //!
 //! Each pair performs exactly the float operations of its `vec_dot` twin in the same order
 //! (same per-block scale products, same FMA chains: even/odd blocks for the 32-value formats,
@@ -554,7 +556,8 @@ tile_entry!(tile_q4_k, q4_k_k, 256, 144, 292, false);
 tile_entry!(tile_q6_k, q6_k_k, 256, 210, 292, false);
 
 // ------------------------------------------------------------------------------------------
-// Q5_0R8 (repacked Q5_0, see `crate::repack`) vs Q8_0: bitwise twins of the Q5_0 kernels
+// Q5_0R8 (repacked Q5_0, see `crate::repack`): the unpacking shared with the prompt GEMM, and
+// the decode tile on prepared activation rows (its own arithmetic: `crate::repack`)
 // ------------------------------------------------------------------------------------------
 
 /// Block `K`'s inverted 5th bits moved to bit 4 of each byte (`0x10` where the bit is 0).
@@ -638,150 +641,410 @@ fn r8_t_at(plane: __m256i, k: usize) -> __m256i {
     }
 }
 
-/// [`r8_group`] for multi-row tiles, unrolled by hand with constant shifts. Around a multi-row
-/// `f`, LLVM keeps `r8_group`'s loop rolled: it selects the plane shift through a jump table,
-/// spills the shifted planes and copies the parity accumulators (this, with `opaque` scale
-/// products: ~1.1x faster `<1, 4>` Q5_0R8 tiles).
-///
-/// SAFETY (caller): avx2 available; `p` points at a whole group (`22 * S` bytes).
+/// Block `K`'s 5th bits moved to bit 4 of each byte (`0x10` where the bit is 1): the
+/// complement of [`r8_t`], for unsigned quants `q = nibble | bit`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn r8_group_unrolled<const S: usize>(p: *const u8, mut f: impl FnMut(usize, __m256i)) {
-    let m4 = _mm256_set1_epi8(0x0F);
-    // SAFETY: the scale, nibble and plane fields lie inside the group (see `crate::repack`).
-    unsafe {
-        let nib = p.add(2 * S);
-        let plane = r8_plane::<S>(p);
-        // Blocks 2j (low nibbles) and 2j + 1 (high nibbles) of nibble vector j.
-        macro_rules! pair {
-            ($j:literal, $k0:literal, $k1:literal) => {{
-                let v = loadu(nib.add(32 * $j));
-                let lo = _mm256_and_si256(v, m4);
-                f($k0, _mm256_sub_epi8(lo, r8_t::<$k0>(plane)));
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
-                f($k1, _mm256_sub_epi8(hi, r8_t::<$k1>(plane)));
-            }};
-        }
-        pair!(0, 0, 1);
-        pair!(1, 2, 3);
-        if S == 8 {
-            pair!(2, 4, 5);
-            pair!(3, 6, 7);
-        }
-    }
+fn r8_u<const K: usize>(plane: __m256i) -> __m256i {
+    let v = match K {
+        0 => _mm256_slli_epi16::<4>(plane),
+        1 => _mm256_slli_epi16::<3>(plane),
+        2 => _mm256_slli_epi16::<2>(plane),
+        3 => _mm256_slli_epi16::<1>(plane),
+        4 => plane,
+        5 => _mm256_srli_epi16::<1>(plane),
+        6 => _mm256_srli_epi16::<2>(plane),
+        _ => _mm256_srli_epi16::<3>(plane),
+    };
+    _mm256_andnot_si256(v, _mm256_set1_epi8(0x10))
 }
 
-/// Accumulates blocks `b0..b1` of a Q5_0R8 row of `nb` blocks at `w` against `C` Q8_0
-/// activation rows into `acc[block parity][c]`, exactly as `q5_0_k` does for the same Q5_0
-/// blocks: same integer lane sums, same `d = d_w * d_a` products, same FMA order.
-///
-/// SAFETY (caller): avx2+fma+f16c available; `b0` is a multiple of 8 and `b1` one too or
-/// `nb`; `w` has `nb` blocks of 22 bytes, each `a[c]` `nb` Q8_0 blocks and each `ad[c]` the
-/// f32 scales of activation blocks `b0..b1` (`ad[c]` is block `b0`'s).
+/// Block pair `j` of a slot in the prepared activations' pair layout, from its blocks'
+/// unsigned quants in natural order (`lo`: block `2j`, `hi`: block `2j + 1`): the first 16
+/// values of both (block `2j` in the low 128-bit half), then the last 16 of both.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn q5_0_r8_blocks<const C: usize>(
+fn r8_pair(lo: __m256i, hi: __m256i) -> [__m256i; 2] {
+    [
+        _mm256_permute2x128_si256::<0x20>(lo, hi),
+        _mm256_permute2x128_si256::<0x31>(lo, hi),
+    ]
+}
+
+/// The partial last slot of [`r8_dot`] (a group of 4 if 4..=7 blocks remain, then plain
+/// Q5_0 blocks): its weights in `wv` as the full slots' (zero quants for missing blocks), and
+/// the scales in lane order (zero for missing blocks). Out of line: once per row.
+///
+/// SAFETY (caller): avx2+fma+f16c available; `w` is a Q5_0R8 row of `nb` blocks, `nb % 8 > 0`
+/// and `s = nb / 8`.
+#[inline(never)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn r8_tail_slot(nb: usize, w: *const u8, s: usize, wv: &mut [__m256i; 8]) -> __m256 {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let rest = nb - 8 * s;
+    let mut q = [_mm256_setzero_si256(); 8];
+    let mut d = [0.0f32; 8];
+    let mut k = 0;
+    // SAFETY: the group of 4 and the plain blocks lie inside the row (see `crate::repack`).
+    unsafe {
+        let g = w.add(s * 8 * 22);
+        if rest >= 4 {
+            let plane = r8_plane::<4>(g);
+            let v0 = loadu(g.add(8));
+            let v1 = loadu(g.add(40));
+            let lo = |v: __m256i| _mm256_and_si256(v, m4);
+            let hi = |v: __m256i| _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+            q[0] = _mm256_or_si256(lo(v0), r8_u::<0>(plane));
+            q[1] = _mm256_or_si256(hi(v0), r8_u::<1>(plane));
+            q[2] = _mm256_or_si256(lo(v1), r8_u::<2>(plane));
+            q[3] = _mm256_or_si256(hi(v1), r8_u::<3>(plane));
+            for (i, d) in d.iter_mut().take(4).enumerate() {
+                *d = f16_at(g.add(2 * i));
+            }
+            k = 4;
+        }
+        while k < rest {
+            let xp = g.add(22 * k);
+            let qh = std::ptr::read_unaligned(xp.add(2) as *const u32);
+            let bit = _mm256_and_si256(bytes_from_bits_32(qh), _mm256_set1_epi8(0x10));
+            q[k] = _mm256_or_si256(nibbles_32(xp.add(6)), bit);
+            d[k] = f16_at(xp);
+            k += 1;
+        }
+    }
+    for j in 0..4 {
+        [wv[2 * j], wv[2 * j + 1]] = r8_pair(q[2 * j], q[2 * j + 1]);
+    }
+    // SAFETY: 8 f32 in `d`.
+    let d = unsafe { _mm256_loadu_ps(d.as_ptr()) };
+    _mm256_permutevar8x32_ps(d, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7))
+}
+
+/// The f16 at `p` as f32.
+///
+/// SAFETY (caller): 2 readable bytes at `p`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    // SAFETY: per the caller's contract.
+    _mm_cvtss_f32(_mm256_castps256_ps128(unsafe { f16_bcast(p) }))
+}
+
+/// One Q5_0R8 row against `C` prepared activation rows (`repack::prep_act_row`): per slot of
+/// 8 blocks, per row, one `vpmaddubsw` per block half-pair (activations as memory operands),
+/// the four pairs folded to the 8 exact block sums (the fold of `avx2_qgemm::kernel32`: i16
+/// sums of at most 4 * 2 * 31 * 128 = 31744), minus the offsets, one FMA with the 8 scale
+/// products. Bitwise `repack::vec_dot` (see there).
+///
+/// SAFETY (caller): avx2+fma+f16c available; `w` is a Q5_0R8 row of `nb` blocks and every
+/// `a[c]` a prepared row of `repack::act_row_bytes(nb)` bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn r8_dot<const C: usize>(
     nb: usize,
-    b0: usize,
-    b1: usize,
     w: *const u8,
     a: [*const u8; C],
-    ad: [*const f32; C],
-    acc: &mut [[__m256; C]; 2],
-) {
+) -> [f32; C] {
     let ones = _mm256_set1_epi16(1);
-    let full = nb / 8 * 8;
-    // SAFETY: blocks b0..b1 only, inside every row per the caller's contract; the group
-    // fields per `crate::repack`.
-    unsafe {
-        // One weight block (32 signed values `x`) against every row; row c's scale product
-        // `d = d_w * d_a` at `d.add(c * stride)`.
-        let dot = |b: usize, x: __m256i, d: *const f32, stride: usize, acc: &mut [__m256; C]| {
-            let ax = _mm256_sign_epi8(x, x);
-            for c in 0..C {
-                let y = loadu(a[c].add(b * 34 + 2));
-                let dot = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(y, x));
-                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(dot, ones));
-                let dc = _mm256_broadcast_ss(&*d.add(c * stride));
-                acc[c] = _mm256_fmadd_ps(dc, p, acc[c]);
-            }
-        };
-        let mut b = b0;
-        // One group of `$size` blocks at block `b`: its scales (`$p` the group's first byte)
-        // times the activation scales, then every block against every row.
-        macro_rules! group {
-            ($size:literal, $p:ident => $scales:expr, $load:ident, $store:ident, $mul:ident) => {{
-                let $p = w.add(b * 22);
-                pf_ahead($p, $size * 22);
-                let s = $scales;
-                let mut d = [[0.0f32; $size]; C];
-                for c in 0..C {
-                    let da = $load(ad[c].add(b - b0));
-                    $store(d[c].as_mut_ptr(), $mul(s, da));
-                }
-                if C == 1 {
-                    // One row (`vec_dot`, batch-1 decode): the rolled loop and the scale
-                    // products in registers, as before; the multi-row form measured no clear
-                    // gain here.
-                    r8_group::<$size>($p, |k, x| {
-                        let dk: [f32; C] = std::array::from_fn(|c| d[c][k]);
-                        dot(b + k, x, dk.as_ptr(), 1, &mut acc[k & 1]);
-                    });
-                } else {
-                    let dp = opaque(d.as_ptr() as *const f32);
-                    r8_group_unrolled::<$size>($p, |k, x| {
-                        dot(b + k, x, dp.add(k), $size, &mut acc[k & 1])
-                    });
-                }
-                b += $size;
-            }};
-        }
-        while b + 8 <= b1.min(full) {
-            group!(8, p => _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
-                _mm256_loadu_ps, _mm256_storeu_ps, _mm256_mul_ps);
-        }
-        if b < b1 && b == full && nb - full >= 4 {
-            group!(4, p => _mm_cvtph_ps(_mm_loadl_epi64(p as *const __m128i)),
-                _mm_loadu_ps, _mm_storeu_ps, _mm_mul_ps);
-        }
-        while b < b1 {
-            // The last 0..=3 blocks are plain Q5_0 (decoded as in `q5_0_k`).
-            let xp = w.add(b * 22);
-            let qh = std::ptr::read_unaligned(xp.add(2) as *const u32);
-            let hi = _mm256_andnot_si256(bytes_from_bits_32(qh), _mm256_set1_epi8(0xF0u8 as i8));
-            let x = _mm256_or_si256(nibbles_32(xp.add(6)), hi);
-            let fx = f16_bcast(xp);
-            let dk: [f32; C] = std::array::from_fn(|c| {
-                _mm_cvtss_f32(_mm256_castps256_ps128(_mm256_mul_ps(
-                    fx,
-                    _mm256_broadcast_ss(&*ad[c].add(b - b0)),
-                )))
-            });
-            dot(b, x, dk.as_ptr(), 1, &mut acc[b & 1]);
-            b += 1;
-        }
-    }
-}
-
-/// SAFETY (caller): as `q5_0_r8_blocks` over whole rows (`nb` scales at each `ad[c]`).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q5_0_r8_k<const R: usize, const C: usize>(
-    nb: usize,
-    w: [*const u8; R],
-    a: [*const u8; C],
-    ad: [*const f32; C],
-) -> [[f32; C]; R] {
-    let mut out = [[0.0f32; C]; R];
-    for r in 0..R {
-        let mut acc = [[_mm256_setzero_ps(); C]; 2];
-        // SAFETY: forwarded caller contract, blocks 0..nb.
-        unsafe { q5_0_r8_blocks::<C>(nb, 0, nb, w[r], a, ad, &mut acc) };
+    let m4 = _mm256_set1_epi8(0x0F);
+    let order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    let mut acc = [_mm256_setzero_ps(); C];
+    // Slot `s` (weights `wv`, lane-ordered scales `dw`) against every activation row; `np`:
+    // its block pairs (2 for a lone group of 4, whose other pairs are zero).
+    let columns = |s: usize, np: usize, wv: &[__m256i; 8], dw: __m256, acc: &mut [__m256; C]| {
         for c in 0..C {
-            out[r][c] = hsum_ps(_mm256_add_ps(acc[0][c], acc[1][c]));
+            // SAFETY: each prepared row holds 320 bytes per slot (caller's contract).
+            let ap = unsafe { a[c].add(crate::repack::ACT_SLOT_BYTES * s) };
+            let p: [__m256i; 4] = std::array::from_fn(|j| {
+                if j >= np {
+                    return _mm256_setzero_si256();
+                }
+                // SAFETY: as above, pair j's 64 bytes inside the slot.
+                let (y0, y1) = unsafe { (loadu(ap.add(64 * j)), loadu(ap.add(64 * j + 32))) };
+                _mm256_add_epi16(
+                    _mm256_maddubs_epi16(wv[2 * j], y0),
+                    _mm256_maddubs_epi16(wv[2 * j + 1], y1),
+                )
+            });
+            // Pairs 0/1 and 2/3 interleaved by dwords, each i16 the sum of two, then to
+            // i32: [p0, p1, p0, p1] per half; then [p0, p1, p2, p3] per half, the low half
+            // the even blocks' sums and the high half the odd ones'.
+            let add_halves = |x: __m256i, y: __m256i| {
+                _mm256_add_epi16(_mm256_unpacklo_epi32(x, y), _mm256_unpackhi_epi32(x, y))
+            };
+            let m01 = _mm256_madd_epi16(add_halves(p[0], p[1]), ones);
+            let m23 = _mm256_madd_epi16(add_halves(p[2], p[3]), ones);
+            let sum = _mm256_add_epi32(
+                _mm256_unpacklo_epi64(m01, m23),
+                _mm256_unpackhi_epi64(m01, m23),
+            );
+            // SAFETY: the slot's offsets and scales, inside it.
+            let (off, da) = unsafe {
+                (
+                    loadu(ap.add(288)),
+                    _mm256_loadu_ps(ap.add(256) as *const f32),
+                )
+            };
+            let t = _mm256_sub_epi32(sum, off);
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_mul_ps(dw, da), acc[c]);
+        }
+    };
+    let full = nb / 8;
+    // SAFETY: full groups s < nb / 8 at 176 * s (see `crate::repack`), then the tail slot.
+    unsafe {
+        for s in 0..full {
+            // Nibble vector j holds blocks 2j (low nibbles) and 2j + 1 (high).
+            let g = w.add(s * 8 * 22);
+            pf_ahead(g, 8 * 22);
+            let plane = loadu(g.add(144));
+            let mut wv = [_mm256_setzero_si256(); 8];
+            macro_rules! pair {
+                ($j:literal, $k0:literal, $k1:literal) => {{
+                    let v = loadu(g.add(16 + 32 * $j));
+                    let lo = _mm256_or_si256(_mm256_and_si256(v, m4), r8_u::<$k0>(plane));
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+                    let hi = _mm256_or_si256(hi, r8_u::<$k1>(plane));
+                    [wv[2 * $j], wv[2 * $j + 1]] = r8_pair(lo, hi);
+                }};
+            }
+            pair!(0, 0, 1);
+            pair!(1, 2, 3);
+            pair!(2, 4, 5);
+            pair!(3, 6, 7);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(g as *const __m128i));
+            columns(s, 4, &wv, _mm256_permutevar8x32_ps(d, order), &mut acc);
+        }
+        if nb % 8 == 4 {
+            // A lone group of 4 (the 896-wide rows of Qwen2-0.5B): two nibble vectors, the
+            // 16-byte plane, 4 scales into lanes 0, 4, 1, 5.
+            let g = w.add(full * 8 * 22);
+            let plane = r8_plane::<4>(g);
+            let mut wv = [_mm256_setzero_si256(); 8];
+            let v0 = loadu(g.add(8));
+            let v1 = loadu(g.add(40));
+            let hi = |v: __m256i| _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+            [wv[0], wv[1]] = r8_pair(
+                _mm256_or_si256(_mm256_and_si256(v0, m4), r8_u::<0>(plane)),
+                _mm256_or_si256(hi(v0), r8_u::<1>(plane)),
+            );
+            [wv[2], wv[3]] = r8_pair(
+                _mm256_or_si256(_mm256_and_si256(v1, m4), r8_u::<2>(plane)),
+                _mm256_or_si256(hi(v1), r8_u::<3>(plane)),
+            );
+            let d = _mm256_zextps128_ps256(_mm_cvtph_ps(_mm_loadl_epi64(g as *const __m128i)));
+            let quad = _mm256_setr_epi32(0, 2, 4, 4, 1, 3, 4, 4);
+            columns(full, 2, &wv, _mm256_permutevar8x32_ps(d, quad), &mut acc);
+        } else if !nb.is_multiple_of(8) {
+            let mut wv = [_mm256_setzero_si256(); 8];
+            let dw = r8_tail_slot(nb, w, full, &mut wv);
+            columns(full, 4, &wv, dw, &mut acc);
         }
     }
-    out
+    acc.map(|v| hsum_ps(v))
 }
 
-tile_entry!(tile_q5_0_r8, q5_0_r8_k, 32, 22, 34, true);
+/// The Q5_0R8 decode tile: every weight row against the prepared activation rows in `acts`
+/// (`repack::prep_act_row`, `acts.stride` bytes apart), 4 at a time.
+fn tile_q5_0_r8(n: usize, w: &[u8], rb: usize, acts: &ActRows, out: &mut [f32]) {
+    let nb = n / 32;
+    let nr = w.len() / rb.max(1);
+    let nc = acts.rows();
+    let arb = crate::repack::act_row_bytes(nb);
+    assert!(rb >= nb * 22 && w.len() == nr * rb, "weight tile shape");
+    assert!(
+        acts.stride >= arb && acts.q.len() == nc * acts.stride,
+        "activation tile shape"
+    );
+    assert_eq!(out.len(), nr * nc, "tile output");
+    let ap = |c: usize| acts.q[c * acts.stride..].as_ptr();
+    for (r, o) in out.chunks_exact_mut(nc.max(1)).enumerate() {
+        let wr = w[r * rb..].as_ptr();
+        let mut c = 0;
+        // SAFETY: `dot_tile_fn` of this module is only consulted for `Isa::Avx2` or higher,
+        // selected only after `Isa::is_available` confirmed avx2+fma+f16c; the asserts above
+        // give every weight row `nb` blocks and every activation row its prepared bytes.
+        unsafe {
+            while c + 4 <= nc {
+                let v = r8_dot::<4>(nb, wr, [ap(c), ap(c + 1), ap(c + 2), ap(c + 3)]);
+                o[c..c + 4].copy_from_slice(&v);
+                c += 4;
+            }
+            match nc - c {
+                3 => o[c..].copy_from_slice(&r8_dot::<3>(nb, wr, [ap(c), ap(c + 1), ap(c + 2)])),
+                2 => o[c..].copy_from_slice(&r8_dot::<2>(nb, wr, [ap(c), ap(c + 1)])),
+                1 => o[c] = r8_dot::<1>(nb, wr, [ap(c)])[0],
+                _ => {}
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Decode rows' activation quantizers: bitwise `scalar::quantize` for Q8_0 and Q8_K
+// ------------------------------------------------------------------------------------------
+
+/// Q8_0 blocks of `x` into `out` (`x.len() / 32` blocks of 34 bytes), bitwise
+/// `scalar::quantize(Q8_0)`: the same `amax`, `d = amax / 127`, `id = 1 / d` and products,
+/// rounded half away from zero as `scalar::round_to_i8` (truncate, then +-1 where the exact
+/// fraction reaches 0.5). Blocks with a non-finite value or scale take the scalar code (its
+/// saturating casts differ from `vcvttps2dq` there).
+pub(crate) fn quantize_q8_0(x: &[f32], out: &mut [u8]) {
+    assert!(out.len() >= x.len() / 32 * 34, "quantize_q8_0 operands");
+    for (xb, b) in x.chunks_exact(32).zip(out.chunks_exact_mut(34)) {
+        // SAFETY: only handed out on AVX2 (see `crate::decode`); 32 values in, 34 bytes out.
+        if !unsafe { q8_0_block(xb.as_ptr(), b.as_mut_ptr()) } {
+            crate::scalar::quantize(GgmlType::Q8_0, xb, b);
+        }
+    }
+}
+
+/// One Q8_0 block; false (nothing written) where the scalar code must take it.
+///
+/// SAFETY (caller): avx2 available; 32 readable f32 at `x`, 34 writable bytes at `b`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_block(x: *const f32, b: *mut u8) -> bool {
+    // SAFETY: per the caller's contract.
+    unsafe {
+        let v = [0, 8, 16, 24].map(|i| _mm256_loadu_ps(x.add(i)));
+        let sign = _mm256_set1_ps(-0.0);
+        let inf = _mm256_set1_ps(f32::INFINITY);
+        let mut m = _mm256_setzero_ps();
+        let mut bad = _mm256_setzero_ps();
+        for &v in &v {
+            let a = _mm256_andnot_ps(sign, v);
+            m = _mm256_max_ps(m, a);
+            // NaN or infinite: not below infinity.
+            bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_NLT_UQ>(a, inf));
+        }
+        if _mm256_movemask_ps(bad) != 0 {
+            return false;
+        }
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        if !id.is_finite() {
+            return false;
+        }
+        let idv = _mm256_set1_ps(id);
+        let half = _mm256_set1_ps(0.5);
+        let nhalf = _mm256_set1_ps(-0.5);
+        let i = v.map(|v| {
+            let p = _mm256_mul_ps(v, idv);
+            let t = _mm256_cvttps_epi32(p);
+            let frac = _mm256_sub_ps(p, _mm256_cvtepi32_ps(t));
+            // Masks are -1: subtracting `up` adds one, adding `dn` subtracts one.
+            let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, half));
+            let dn = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(frac, nhalf));
+            _mm256_add_epi32(_mm256_sub_epi32(t, up), dn)
+        });
+        // Saturating packs clamp to i8 like the scalar code; they interleave 128-bit lanes,
+        // which the dword permute undoes.
+        let w01 = _mm256_packs_epi32(i[0], i[1]);
+        let w23 = _mm256_packs_epi32(i[2], i[3]);
+        let q = _mm256_permutevar8x32_epi32(
+            _mm256_packs_epi16(w01, w23),
+            _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7),
+        );
+        let h = half::f16::from_f32(d).to_bits().to_le_bytes();
+        *b = h[0];
+        *b.add(1) = h[1];
+        _mm256_storeu_si256(b.add(2) as *mut __m256i, q);
+        true
+    }
+}
+
+/// Q8_K blocks of `x` into `out` (`x.len() / 256` blocks of 292 bytes), bitwise
+/// `scalar::quantize(Q8K)` (through the prompt GEMM's quantizer, `avx2_qgemm::quant_k`, whose
+/// twin is that code); blocks with a non-finite value or scale take the scalar code.
+pub(crate) fn quantize_q8_k(x: &[f32], out: &mut [u8]) {
+    assert!(out.len() >= x.len() / 256 * 292, "quantize_q8_k operands");
+    for (xb, b) in x.chunks_exact(256).zip(out.chunks_exact_mut(292)) {
+        // Non-finite values, or a scale `-127 / max` that overflows (subnormal rows), round
+        // through saturating casts the vector code does not share.
+        let (finite, amax) = xb.iter().fold((true, 0.0f32), |(f, m), v| {
+            (f && v.is_finite(), m.max(v.abs()))
+        });
+        if !finite || !(127.0 / amax).is_finite() {
+            crate::scalar::quantize(GgmlType::Q8K, xb, b);
+            continue;
+        }
+        let mut q = [0i8; 256];
+        let mut sums = [0i16; 16];
+        let d = super::avx2_qgemm::quant_k(xb, &mut q, &mut sums);
+        b[..4].copy_from_slice(&d.to_le_bytes());
+        for (o, &v) in b[4..260].iter_mut().zip(&q) {
+            *o = v as u8;
+        }
+        for (g, s) in sums.iter().enumerate() {
+            b[260 + 2 * g..262 + 2 * g].copy_from_slice(&s.to_le_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows that reach every branch of the scalar rounding: random Gaussians at several
+    /// scales, exact halves after scaling (`k * d + d / 2` for the block's `d`), zeros,
+    /// subnormals, one huge value, and non-finite values.
+    fn rows() -> Vec<Vec<f32>> {
+        let mut s = 0x2545F4914F6CDD1Du64;
+        let mut rnd = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut out = Vec::new();
+        for scale in [1e-3f32, 0.5, 3.0, 1e4] {
+            for _ in 0..40 {
+                out.push(
+                    (0..512)
+                        .map(|_| (rnd() as f32 - 0.5) * 2.0 * scale)
+                        .collect(),
+                );
+            }
+        }
+        for _ in 0..40 {
+            // amax 127 (d = 1): values k + 0.5 are exact ties.
+            let mut r: Vec<f32> = (0..512)
+                .map(|_| (rnd() * 254.0 - 127.0).round() as f32 + 0.5)
+                .collect();
+            for b in r.chunks_mut(32) {
+                b[0] = 127.0;
+            }
+            out.push(r);
+        }
+        out.push(vec![0.0; 512]);
+        out.push((0..512).map(|i| f32::from_bits(1 + i as u32)).collect());
+        let mut r: Vec<f32> = (0..512).map(|i| i as f32 * 0.01).collect();
+        r[3] = 3e38;
+        r[40] = f32::INFINITY;
+        r[300] = f32::NAN;
+        r[301] = f32::NEG_INFINITY;
+        out.push(r);
+        out
+    }
+
+    #[test]
+    fn activation_quantizers_equal_scalar_bitwise() {
+        if !crate::Isa::Avx2.is_available() {
+            return;
+        }
+        for (i, x) in rows().iter().enumerate() {
+            for (ty, bs, ts) in [(GgmlType::Q8_0, 32, 34), (GgmlType::Q8K, 256, 292)] {
+                let n = x.len() / bs * ts;
+                let (mut want, mut got) = (vec![0u8; n], vec![0xAAu8; n]);
+                crate::scalar::quantize(ty, x, &mut want);
+                match ty {
+                    GgmlType::Q8_0 => quantize_q8_0(x, &mut got),
+                    _ => quantize_q8_k(x, &mut got),
+                }
+                assert_eq!(got, want, "{ty:?} row {i}");
+            }
+        }
+    }
+}
