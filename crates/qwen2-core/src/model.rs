@@ -12,6 +12,7 @@ use crate::moe::SparseMoe;
 use crate::ops::{self, Rope};
 use crate::rows::{RoleRuns, RowRole};
 use crate::weights::{Tensor, WeightSource};
+use rayon::prelude::*;
 
 /// Tokens processed per forward chunk: bounds activation memory for long prompts.
 const MAX_CHUNK: usize = 512;
@@ -500,27 +501,45 @@ impl Qwen2 {
                 cfg.num_key_value_heads,
                 cfg.head_dim,
             );
-            // Per sequence: its rows, at its position, against its own cache.
-            let mut r0 = 0;
-            for s in segs.iter_mut() {
-                let (m, pos0) = (s.tokens.len(), s.cache.len());
-                let q = &mut q[r0 * qd..(r0 + m) * qd];
-                let k = &mut k[r0 * kvd..(r0 + m) * kvd];
-                let attn = &mut attn[r0 * qd..(r0 + m) * qd];
-                s.rope.apply(q, nh, pos0);
-                s.rope.apply(k, nkv, pos0);
-                s.cache.append(li, k, &v[r0 * kvd..(r0 + m) * kvd])?;
-                let kv = s.cache.layer(li);
-                let shape = ops::AttnShape {
-                    n_new: m,
-                    pos0,
-                    n_heads: nh,
-                    n_kv: nkv,
-                    head_dim: hd,
-                    window: layer.window,
+            // Per sequence: its rows, at its position, against its own cache. The sequences
+            // of a batch run side by side (one parallel section per layer instead of one per
+            // sequence); each one's arithmetic is the same either way.
+            let mut work = Vec::with_capacity(segs.len());
+            {
+                let (mut qr, mut kr, mut vr, mut ar) =
+                    (&mut q[..], &mut k[..], &v[..], &mut attn[..]);
+                for s in segs.iter_mut() {
+                    let m = s.tokens.len();
+                    let (q1, q2) = std::mem::take(&mut qr).split_at_mut(m * qd);
+                    let (k1, k2) = std::mem::take(&mut kr).split_at_mut(m * kvd);
+                    let (v1, v2) = vr.split_at(m * kvd);
+                    let (a1, a2) = std::mem::take(&mut ar).split_at_mut(m * qd);
+                    (qr, kr, vr, ar) = (q2, k2, v2, a2);
+                    work.push((s, q1, k1, v1, a1));
+                }
+            }
+            let window = layer.window;
+            let one =
+                |(s, q, k, v, attn): (&mut Seg<'_>, &mut [f32], &mut [f32], &[f32], &mut [f32])| {
+                    let (m, pos0) = (s.tokens.len(), s.cache.len());
+                    s.rope.apply(q, nh, pos0);
+                    s.rope.apply(k, nkv, pos0);
+                    s.cache.append(li, k, v)?;
+                    let kv = s.cache.layer(li);
+                    let shape = ops::AttnShape {
+                        n_new: m,
+                        pos0,
+                        n_heads: nh,
+                        n_kv: nkv,
+                        head_dim: hd,
+                        window,
+                    };
+                    ops::attention(q, kv, attn, &shape)
                 };
-                ops::attention(q, kv, attn, &shape)?;
-                r0 += m;
+            if work.len() > 1 {
+                work.into_par_iter().map(one).collect::<Result<()>>()?;
+            } else {
+                work.into_iter().try_for_each(one)?;
             }
             layer.o.forward(&attn, &rows, &mut proj)?;
             for (a, b) in x.iter_mut().zip(&proj) {

@@ -844,7 +844,7 @@ pub(crate) unsafe fn r8_dot<const C: usize>(
 }
 
 /// The Q5_0R8 decode tile: every weight row against the prepared activation rows in `acts`
-/// (`repack::prep_act_row`, `acts.stride` bytes apart), 4 at a time.
+/// (`repack::prep_act_row`, `acts.stride` bytes apart), 8 or 4 at a time.
 fn tile_q5_0_r8(n: usize, w: &[u8], rb: usize, acts: &ActRows, out: &mut [f32]) {
     let nb = n / 32;
     let nr = w.len() / rb.max(1);
@@ -864,6 +864,13 @@ fn tile_q5_0_r8(n: usize, w: &[u8], rb: usize, acts: &ActRows, out: &mut [f32]) 
         // selected only after `Isa::is_available` confirmed avx2+fma+f16c; the asserts above
         // give every weight row `nb` blocks and every activation row its prepared bytes.
         unsafe {
+            // 8 activation rows per unpacked weight slot where there are 8 (batch-8 decode:
+            // 1.2x faster than two calls of 4, the unpacking shared by twice the rows).
+            while c + 8 <= nc {
+                let v = r8_dot::<8>(nb, wr, std::array::from_fn(|i| ap(c + i)));
+                o[c..c + 8].copy_from_slice(&v);
+                c += 8;
+            }
             while c + 4 <= nc {
                 let v = r8_dot::<4>(nb, wr, [ap(c), ap(c + 1), ap(c + 2), ap(c + 3)]);
                 o[c..c + 4].copy_from_slice(&v);
