@@ -560,13 +560,13 @@ tile_entry!(tile_q6_k, q6_k_k, 256, 210, 292, false);
 // the decode tile on prepared activation rows (its own arithmetic: `crate::repack`)
 // ------------------------------------------------------------------------------------------
 
-/// Block `K`'s inverted 5th bits moved to bit 4 of each byte (`0x10` where the bit is 0).
-/// The 16-bit shifts never carry a byte's neighbour into its bit 4 (|shift| <= 4 left, <= 3
-/// right), and the mask drops everything else.
+/// The plane shifted so that block `K`'s bits sit at bit 4 of each byte. The 16-bit shifts
+/// never carry a byte's neighbour into its bit 4 (|shift| <= 4 left, <= 3 right); callers mask
+/// everything else.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn r8_t<const K: usize>(plane: __m256i) -> __m256i {
-    let v = match K {
+fn r8_at_bit4<const K: usize>(plane: __m256i) -> __m256i {
+    match K {
         0 => _mm256_slli_epi16::<4>(plane),
         1 => _mm256_slli_epi16::<3>(plane),
         2 => _mm256_slli_epi16::<2>(plane),
@@ -575,8 +575,14 @@ fn r8_t<const K: usize>(plane: __m256i) -> __m256i {
         5 => _mm256_srli_epi16::<1>(plane),
         6 => _mm256_srli_epi16::<2>(plane),
         _ => _mm256_srli_epi16::<3>(plane),
-    };
-    _mm256_and_si256(v, _mm256_set1_epi8(0x10))
+    }
+}
+
+/// Block `K`'s inverted 5th bits at bit 4 of each byte (`0x10` where the bit is 0).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn r8_t<const K: usize>(plane: __m256i) -> __m256i {
+    _mm256_and_si256(r8_at_bit4::<K>(plane), _mm256_set1_epi8(0x10))
 }
 
 /// The 32 signed values `q - 16` of every block of the Q5_0R8 group of `S` (8 or 4) blocks
@@ -641,22 +647,12 @@ fn r8_t_at(plane: __m256i, k: usize) -> __m256i {
     }
 }
 
-/// Block `K`'s 5th bits moved to bit 4 of each byte (`0x10` where the bit is 1): the
-/// complement of [`r8_t`], for unsigned quants `q = nibble | bit`.
+/// Block `K`'s 5th bits at bit 4 of each byte (`0x10` where the bit is 1): the complement of
+/// [`r8_t`], for unsigned quants `q = nibble | bit`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn r8_u<const K: usize>(plane: __m256i) -> __m256i {
-    let v = match K {
-        0 => _mm256_slli_epi16::<4>(plane),
-        1 => _mm256_slli_epi16::<3>(plane),
-        2 => _mm256_slli_epi16::<2>(plane),
-        3 => _mm256_slli_epi16::<1>(plane),
-        4 => plane,
-        5 => _mm256_srli_epi16::<1>(plane),
-        6 => _mm256_srli_epi16::<2>(plane),
-        _ => _mm256_srli_epi16::<3>(plane),
-    };
-    _mm256_andnot_si256(v, _mm256_set1_epi8(0x10))
+    _mm256_andnot_si256(r8_at_bit4::<K>(plane), _mm256_set1_epi8(0x10))
 }
 
 /// Block pair `j` of a slot in the prepared activations' pair layout, from its blocks'
@@ -766,9 +762,10 @@ pub(crate) unsafe fn r8_dot<const C: usize>(
                     _mm256_maddubs_epi16(wv[2 * j + 1], y1),
                 )
             });
-            // Pairs 0/1 and 2/3 interleaved by dwords, each i16 the sum of two, then to
-            // i32: [p0, p1, p0, p1] per half; then [p0, p1, p2, p3] per half, the low half
-            // the even blocks' sums and the high half the odd ones'.
+            // The low halves (even blocks) to lanes 0-3, the high halves (odd) to 4-7. Each
+            // i16 lane is at most 2 * 2 * 31 * 128 = 15872 here.
+            // `avx2_qgemm::fold_halves_i16`, written out: through the shared helper LLVM
+            // allocated the 8-row tile's registers differently, measured 1.3x slower.
             let add_halves = |x: __m256i, y: __m256i| {
                 _mm256_add_epi16(_mm256_unpacklo_epi32(x, y), _mm256_unpackhi_epi32(x, y))
             };

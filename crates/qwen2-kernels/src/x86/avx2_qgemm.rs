@@ -674,6 +674,25 @@ fn row_done(acc: &mut __m256) {
     };
 }
 
+/// Four vectors of i16 sums, each 128-bit half one block's, folded to i32: lanes 0-3 hold the
+/// low halves' totals of `p[0..4]`, lanes 4-7 the high halves'. Inputs 0/1 and 2/3 interleaved
+/// by dwords, each i16 the sum of two (lanes i and i + 4 of a half: callers keep every lane
+/// below 16384 in magnitude), then `vpmaddwd` by `ones` to i32 `[p0, p1, p0, p1]` per half, then
+/// one 32-bit add of the qword halves. Shared by `kernel32` and the Q5_0R8 decode tile.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn fold_halves_i16(p: [__m256i; 4], ones: __m256i) -> __m256i {
+    let add_halves = |x: __m256i, y: __m256i| {
+        _mm256_add_epi16(_mm256_unpacklo_epi32(x, y), _mm256_unpackhi_epi32(x, y))
+    };
+    let m01 = _mm256_madd_epi16(add_halves(p[0], p[1]), ones);
+    let m23 = _mm256_madd_epi16(add_halves(p[2], p[3]), ones);
+    _mm256_add_epi32(
+        _mm256_unpacklo_epi64(m01, m23),
+        _mm256_unpackhi_epi64(m01, m23),
+    )
+}
+
 /// Per block pair and weight row: two `vpmaddubsw` per activation row (one per pair vector),
 /// added; the four columns folded by one round of 16-bit horizontal adds, `vpmaddwd` to i32
 /// and one 32-bit horizontal add, so lanes 0-3 hold columns 0-3 of the pair's first block and
@@ -701,18 +720,7 @@ unsafe fn kernel32(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
             let bias = _mm256_loadu_si256(t.bias.as_ptr().add(j * t.da_stride) as *const __m256i);
             for r in 0..TILE_R {
                 let p = pair_dots(q[r].add(off), a, off);
-                // Columns 0/1 and 2/3 interleaved by lane pairs, each i16 the sum of two (lanes
-                // i and i + 4 of a 128-bit half), then to i32: [c0, c1, c0, c1] per half.
-                let add_halves = |x: __m256i, y: __m256i| {
-                    _mm256_add_epi16(_mm256_unpacklo_epi32(x, y), _mm256_unpackhi_epi32(x, y))
-                };
-                let m01 = _mm256_madd_epi16(add_halves(p[0], p[1]), ones);
-                let m23 = _mm256_madd_epi16(add_halves(p[2], p[3]), ones);
-                let sum = _mm256_add_epi32(
-                    _mm256_unpacklo_epi64(m01, m23),
-                    _mm256_unpackhi_epi64(m01, m23),
-                );
-                let s = _mm256_sub_epi32(sum, bias);
+                let s = _mm256_sub_epi32(fold_halves_i16(p, ones), bias);
                 // dw[2j] in lanes 0-3 and dw[2j + 1] in 4-7, as stored (`dw_per_unit`).
                 let dw = _mm256_loadu_ps(t.dw[r].as_ptr().add(8 * j));
                 facc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, da), facc[r]);
