@@ -150,12 +150,14 @@ fn run(
             quantize_act(isa, vdt, xb, a);
         }
     }
-    let d_stride =
-        if vdt == GgmlType::Q8_0 && w.ty != GgmlType::Q5_0R8 && matches!(kernel, Kernel::Tile(_)) {
-            cols / 32
-        } else {
-            0
-        };
+    // The Q5_0R8 tile reads each row prepared once (pair layout, lane-ordered scales and
+    // offsets: `repack::prep_act_row`); the other Q8_0 tiles read the widened scales.
+    let r8_tile = w.ty == GgmlType::Q5_0R8 && matches!(kernel, Kernel::Tile(_));
+    let d_stride = if vdt == GgmlType::Q8_0 && !r8_tile && matches!(kernel, Kernel::Tile(_)) {
+        cols / 32
+    } else {
+        0
+    };
     dbuf.clear();
     for a in qbuf.chunks(arb.max(1)) {
         dbuf.extend(
@@ -164,9 +166,7 @@ fn run(
                 .map(|b| scalar::f16_at(b, 0)),
         );
     }
-    let acts = if w.ty == GgmlType::Q5_0R8 && matches!(kernel, Kernel::Tile(_)) {
-        // The Q5_0R8 tile reads each row prepared once (pair layout, lane-ordered scales and
-        // offsets: `repack::prep_act_row`).
+    let acts = if r8_tile {
         let nb = cols / 32;
         let prb = crate::repack::act_row_bytes(nb);
         pbuf.resize(prb * batch, 0);
