@@ -69,6 +69,31 @@ impl Linear {
     /// `out[t] = W x[t] + b` for the rows of `x`, each by its role.
     pub(crate) fn forward(&self, x: &[f32], rows: &RoleRuns, out: &mut [f32]) -> Result<()> {
         rows.matmul(&self.w.as_mat()?, x, out)?;
+        self.add_bias(out);
+        Ok(())
+    }
+
+    /// [`Linear::forward`] of linears that read the same rows (q/k/v, gate/up): decode rows
+    /// of same-type weights share one kernel call (`RoleRuns::matmul_many`); bitwise the
+    /// separate calls.
+    pub(crate) fn forward_many(
+        ls: &[&Linear],
+        x: &[f32],
+        rows: &RoleRuns,
+        outs: &mut [&mut [f32]],
+    ) -> Result<()> {
+        let ws = ls
+            .iter()
+            .map(|l| l.w.as_mat())
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        rows.matmul_many(&ws, x, outs)?;
+        for (l, o) in ls.iter().zip(outs.iter_mut()) {
+            l.add_bias(o);
+        }
+        Ok(())
+    }
+
+    fn add_bias(&self, out: &mut [f32]) {
         if let Some(b) = &self.b {
             for row in out.chunks_exact_mut(b.len()) {
                 for (o, bb) in row.iter_mut().zip(b) {
@@ -76,7 +101,6 @@ impl Linear {
                 }
             }
         }
-        Ok(())
     }
 }
 
@@ -493,9 +517,12 @@ impl Qwen2 {
         for (li, layer) in self.layers.iter().enumerate() {
             // Attention block.
             ops::rms_norm(&x, &layer.attn_norm, eps, &mut normed);
-            layer.q.forward(&normed, &rows, &mut q)?;
-            layer.k.forward(&normed, &rows, &mut k)?;
-            layer.v.forward(&normed, &rows, &mut v)?;
+            Linear::forward_many(
+                &[&layer.q, &layer.k, &layer.v],
+                &normed,
+                &rows,
+                &mut [&mut q, &mut k, &mut v],
+            )?;
             let (nh, nkv, hd) = (
                 cfg.num_attention_heads,
                 cfg.num_key_value_heads,
@@ -554,8 +581,7 @@ impl Qwen2 {
                     up: u,
                     down,
                 } => {
-                    g.forward(&normed, &rows, &mut gate)?;
-                    u.forward(&normed, &rows, &mut up)?;
+                    Linear::forward_many(&[g, u], &normed, &rows, &mut [&mut gate, &mut up])?;
                     ops::silu_mul(&mut gate, &up);
                     down.forward(&gate, &rows, &mut proj)?;
                 }

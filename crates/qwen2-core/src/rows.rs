@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 
-use qwen2_kernels::{matmul_decode, matmul_prompt, QMatRef};
+use qwen2_kernels::{matmul_decode, matmul_decode_many, matmul_prompt, QMatRef};
 
 use crate::error::Result;
 
@@ -81,6 +81,58 @@ impl RoleRuns {
             match role {
                 RowRole::Prompt => matmul_prompt(w, xs, n, os)?,
                 RowRole::Decode => matmul_decode(w, xs, n, os)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// `outs[i][t] = ws[i] x[t]` for matrices that read the same rows (a layer's q/k/v, or
+    /// gate/up). Decode runs take one kernel call per group of matrices of one type and width
+    /// (one activation quantization, one parallel section: `matmul_decode_many`), prompt runs
+    /// one call per matrix. Every output is bitwise what [`RoleRuns::matmul`] gives.
+    pub(crate) fn matmul_many(
+        &self,
+        ws: &[QMatRef],
+        x: &[f32],
+        outs: &mut [&mut [f32]],
+    ) -> Result<()> {
+        let k = ws.first().map_or(0, |w| w.cols);
+        let mut done = vec![false; ws.len()];
+        for (role, r) in &self.runs {
+            let (n, xs) = (r.len(), &x[r.start * k..r.end * k]);
+            match role {
+                RowRole::Prompt => {
+                    for (w, o) in ws.iter().zip(outs.iter_mut()) {
+                        let m = w.rows;
+                        matmul_prompt(w, xs, n, &mut o[r.start * m..r.end * m])?;
+                    }
+                }
+                RowRole::Decode => {
+                    done.fill(false);
+                    for i in 0..ws.len() {
+                        if done[i] {
+                            continue;
+                        }
+                        // Matrix i and the later ones of its type and width.
+                        let group: Vec<usize> = (i..ws.len())
+                            .filter(|&j| ws[j].ty == ws[i].ty && ws[j].cols == ws[i].cols)
+                            .collect();
+                        let gw: Vec<QMatRef> = group.iter().map(|&j| ws[j]).collect();
+                        let mut go: Vec<&mut [f32]> = outs
+                            .iter_mut()
+                            .enumerate()
+                            .filter(|(j, _)| group.contains(j))
+                            .map(|(j, o)| {
+                                let m = ws[j].rows;
+                                &mut o[r.start * m..r.end * m]
+                            })
+                            .collect();
+                        matmul_decode_many(&gw, xs, n, &mut go)?;
+                        for &j in &group {
+                            done[j] = true;
+                        }
+                    }
+                }
             }
         }
         Ok(())

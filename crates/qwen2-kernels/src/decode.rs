@@ -81,27 +81,46 @@ thread_local! {
         const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
+/// Most matrices one [`decode_rows_many`] call takes (a layer's q/k/v or gate/up).
+pub(crate) const MAX_MATS: usize = 4;
+
 /// `out[b * w.rows + r] = W[r] · x[b]` on the decode-row path. Shapes were checked by the caller
 /// (`matmul::check_shapes`), `batch >= 1`, `w.rows >= 1`, `w.cols >= 1`.
 pub(crate) fn decode_rows(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [f32]) {
-    let kernel = match dot_tile_fn(isa, w.ty) {
+    decode_rows_many(isa, &[*w], x, batch, &mut [out]);
+}
+
+/// [`decode_rows`] for up to [`MAX_MATS`] matrices of one type and width against the same
+/// activation rows: the rows are quantized (and prepared) once and every matrix's row chunks
+/// share one parallel section. Each output is bitwise the separate call's (same tiles, same
+/// per-pair arithmetic; only who computes a chunk, and when, differs). Shapes were checked by
+/// the caller, as for [`decode_rows`].
+pub(crate) fn decode_rows_many(
+    isa: Isa,
+    ws: &[QMatRef],
+    x: &[f32],
+    batch: usize,
+    outs: &mut [&mut [f32]],
+) {
+    let ty = ws[0].ty;
+    let kernel = match dot_tile_fn(isa, ty) {
         Some(t) => Kernel::Tile(t),
-        None => Kernel::Dot(vec_dot_fn(isa, w.ty)),
+        None => Kernel::Dot(vec_dot_fn(isa, ty)),
     };
     // Reuse this thread's buffers; if they are already borrowed (a nested matmul on a rayon
     // worker that stole work while waiting), fall back to fresh allocations.
     DECODE_BUF.with(|cell| match cell.try_borrow_mut() {
         Ok(mut bufs) => {
             let (q, d, p) = &mut *bufs;
-            run(isa, kernel, w, x, batch, out, q, d, p);
+            run(isa, kernel, ws, x, batch, outs, q, d, p);
         }
         Err(_) => run(
             isa,
             kernel,
-            w,
+            ws,
             x,
             batch,
-            out,
+            outs,
             &mut Vec::new(),
             &mut Vec::new(),
             &mut Vec::new(),
@@ -127,16 +146,24 @@ fn quantize_act(isa: Isa, vdt: GgmlType, x: &[f32], out: &mut [u8]) {
 fn run(
     isa: Isa,
     kernel: Kernel,
-    w: &QMatRef,
+    ws: &[QMatRef],
     x: &[f32],
     batch: usize,
-    out: &mut [f32],
+    outs: &mut [&mut [f32]],
     qbuf: &mut Vec<u8>,
     dbuf: &mut Vec<f32>,
     pbuf: &mut Vec<u8>,
 ) {
-    let cols = w.cols;
-    let vdt = w.ty.vec_dot_type();
+    assert!(
+        (1..=MAX_MATS).contains(&ws.len()) && outs.len() == ws.len(),
+        "decode_rows_many operands"
+    );
+    let (ty, cols) = (ws[0].ty, ws[0].cols);
+    assert!(
+        ws.iter().all(|w| w.ty == ty && w.cols == cols),
+        "decode_rows_many: one type and width"
+    );
+    let vdt = ty.vec_dot_type();
     let arb = vdt.row_bytes(cols).unwrap_or(0);
     qbuf.resize(arb * batch, 0);
     // Each activation row is quantized on its own, so its bytes never depend on the batch.
@@ -152,7 +179,7 @@ fn run(
     }
     // The Q5_0R8 tile reads each row prepared once (pair layout, lane-ordered scales and
     // offsets: `repack::prep_act_row`); the other Q8_0 tiles read the widened scales.
-    let r8_tile = w.ty == GgmlType::Q5_0R8 && matches!(kernel, Kernel::Tile(_));
+    let r8_tile = ty == GgmlType::Q5_0R8 && matches!(kernel, Kernel::Tile(_));
     let d_stride = if vdt == GgmlType::Q8_0 && !r8_tile && matches!(kernel, Kernel::Tile(_)) {
         cols / 32
     } else {
@@ -188,18 +215,28 @@ fn run(
         }
     };
 
-    let rows = w.rows;
-    let rb = w.row_bytes();
     let threads = rayon::current_num_threads().max(1);
+    // Per matrix: its row chunk, and the first global task index of its chunks.
     // ~4 chunks per thread (load balance on a shared machine), but at least ~128 KiB of weight
     // work per task: a k/v projection (88-122 KiB) runs inline, measured 2x faster than split
     // over two rayon threads (wake-up latency). The split never changes a pair's arithmetic,
     // only who computes it.
-    let min_rows = (128 << 10) / (rb * batch).max(1);
-    let chunk = (rows / (threads * 4)).clamp(16, 512).max(min_rows);
-    let n_chunks = rows.div_ceil(chunk);
-    let optr = OutPtr(out.as_mut_ptr());
-    let task = |ci: usize| {
+    let mut chunks = [0usize; MAX_MATS];
+    let mut first = [0usize; MAX_MATS + 1];
+    for (m, w) in ws.iter().enumerate() {
+        let min_rows = (128 << 10) / (w.row_bytes() * batch).max(1);
+        chunks[m] = (w.rows / (threads * 4)).clamp(16, 512).max(min_rows);
+        first[m + 1] = first[m] + w.rows.div_ceil(chunks[m]);
+    }
+    let n_tasks = first[ws.len()];
+    let mut optrs = [OutPtr(std::ptr::null_mut()); MAX_MATS];
+    for (p, o) in optrs.iter_mut().zip(outs.iter_mut()) {
+        *p = OutPtr(o.as_mut_ptr());
+    }
+    let task = |g: usize| {
+        let m = (0..ws.len()).rfind(|&m| first[m] <= g).unwrap_or(0);
+        let (w, chunk, optr, ci) = (&ws[m], chunks[m], optrs[m], g - first[m]);
+        let (rows, rb) = (w.rows, w.row_bytes());
         let mut tile = [0.0f32; ROWS_PER_TILE * TILE_C];
         let r_end = ((ci + 1) * chunk).min(rows);
         let mut b0 = 0;
@@ -243,9 +280,9 @@ fn run(
                 for (r, tr) in t.chunks_exact(nc).enumerate() {
                     for (c, &v) in tr.iter().enumerate() {
                         // SAFETY: b0 + c < batch and r0 + r < rows, so the index is within
-                        // `out` (len == batch * rows, checked by the caller); row chunks are
-                        // disjoint across tasks and `out` is mutably borrowed for the whole
-                        // parallel section.
+                        // matrix m's output (len == batch * rows, checked by the caller); row
+                        // chunks are disjoint across tasks and every output is mutably borrowed
+                        // for the whole parallel section.
                         unsafe { *optr.get().add((b0 + c) * rows + r0 + r) = v };
                     }
                 }
@@ -254,9 +291,9 @@ fn run(
             b0 = b1;
         }
     };
-    if n_chunks == 1 {
+    if n_tasks == 1 {
         task(0);
     } else {
-        (0..n_chunks).into_par_iter().for_each(task);
+        (0..n_tasks).into_par_iter().for_each(task);
     }
 }

@@ -38,8 +38,9 @@ pub use attention::{attention_scheduled, Schedule};
 pub use error::KernelError;
 pub use isa::{available_isas, detected_isa, isa_name, Isa};
 pub use matmul::{
-    matmul, matmul_decode, matmul_decode_with_isa, matmul_prompt, matmul_prompt_with_isa,
-    matmul_reference, matmul_vec_dot_with_isa, matmul_with_isa, QMatRef,
+    matmul, matmul_decode, matmul_decode_many, matmul_decode_many_with_isa, matmul_decode_with_isa,
+    matmul_prompt, matmul_prompt_with_isa, matmul_reference, matmul_vec_dot_with_isa,
+    matmul_with_isa, QMatRef,
 };
 pub use repack::{repack_row, repacked_type};
 pub use types::GgmlType;

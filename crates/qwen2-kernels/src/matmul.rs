@@ -185,6 +185,56 @@ pub fn matmul_decode_with_isa(
     Ok(())
 }
 
+/// [`matmul_decode`] of several matrices against the same activation rows (a layer's q/k/v,
+/// or gate/up): `outs[m] = ws[m] · x`. Matrices of one type and width (up to four) share one
+/// activation quantization and one parallel section; each output is bitwise the separate
+/// call's. Other mixes are computed one matrix at a time.
+pub fn matmul_decode_many(
+    ws: &[QMatRef],
+    x: &[f32],
+    batch: usize,
+    outs: &mut [&mut [f32]],
+) -> Result<(), KernelError> {
+    matmul_decode_many_with_isa(detected_isa(), ws, x, batch, outs)
+}
+
+/// [`matmul_decode_many`] on an explicit ISA; errors if the CPU lacks it.
+pub fn matmul_decode_many_with_isa(
+    isa: Isa,
+    ws: &[QMatRef],
+    x: &[f32],
+    batch: usize,
+    outs: &mut [&mut [f32]],
+) -> Result<(), KernelError> {
+    if outs.len() != ws.len() {
+        return Err(KernelError::Shape {
+            what: "outputs (one per matrix)",
+            expected: ws.len(),
+            got: outs.len(),
+        });
+    }
+    isa.check_available()?;
+    for (w, o) in ws.iter().zip(outs.iter()) {
+        check_shapes(w, x, batch, o)?;
+    }
+    let Some(w0) = ws.first() else {
+        return Ok(());
+    };
+    let fused = (2..=decode::MAX_MATS).contains(&ws.len())
+        && batch > 0
+        && ws
+            .iter()
+            .all(|w| w.ty == w0.ty && w.cols == w0.cols && w.rows > 0 && w.cols > 0);
+    if !fused {
+        for (w, o) in ws.iter().zip(outs.iter_mut()) {
+            matmul_decode_with_isa(isa, w, x, batch, o)?;
+        }
+        return Ok(());
+    }
+    decode::decode_rows_many(isa, ws, x, batch, outs);
+    Ok(())
+}
+
 /// Checks the ISA and the shapes and settles the empty cases (no rows, or `cols == 0`: all
 /// zeros); `Ok(true)` when there is a product left to compute.
 fn prepare(

@@ -177,3 +177,112 @@ fn decode_rows_simd_match_scalar_twin_and_reference() {
         }
     }
 }
+
+/// `matmul_decode_many` (a layer's q/k/v or gate/up in one call) gives each matrix's outputs
+/// bitwise as its own `matmul_decode` call, for every type (Q5_0 repacked as at load, too),
+/// batch size and thread count; mixed types take the one-at-a-time path, and a wrong number
+/// of outputs is an error.
+#[test]
+fn decode_many_is_bitwise_the_separate_calls() {
+    let mut rng = StdRng::seed_from_u64(77);
+    let mut types: Vec<GgmlType> = vec![GgmlType::Q5_0R8];
+    types.extend([
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+        GgmlType::F16,
+    ]);
+    for ty in types {
+        let src_ty = if ty == GgmlType::Q5_0R8 {
+            GgmlType::Q5_0
+        } else {
+            ty
+        };
+        let cols = cols_for(src_ty)[0];
+        // Row counts of a q, a k/v and a tiny matrix: different chunkings in one section.
+        let shapes = [301usize, 64, 17];
+        let data: Vec<Vec<u8>> = shapes
+            .iter()
+            .map(|&rows| {
+                let d = weights(&mut rng, src_ty, rows, cols);
+                if ty != src_ty {
+                    let rb = src_ty.row_bytes(cols).unwrap();
+                    let mut p = vec![0u8; d.len()];
+                    for (s, o) in d.chunks(rb).zip(p.chunks_mut(rb)) {
+                        qwen2_kernels::repack_row(src_ty, cols, s, o).unwrap();
+                    }
+                    p
+                } else {
+                    d
+                }
+            })
+            .collect();
+        let ws: Vec<QMatRef> = shapes
+            .iter()
+            .zip(&data)
+            .map(|(&rows, d)| QMatRef::new(ty, rows, cols, d).unwrap())
+            .collect();
+        let x = randn(&mut rng, 17 * cols, 0.7);
+        for isa in available_isas() {
+            for threads in 1..=3 {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                for batch in [1, 3, 8, 17] {
+                    let xs = &x[..batch * cols];
+                    let want: Vec<Vec<f32>> =
+                        ws.iter().map(|w| decode(isa, w, xs, batch)).collect();
+                    for n in 2..=3 {
+                        let mut got: Vec<Vec<f32>> = ws[..n]
+                            .iter()
+                            .map(|w| vec![f32::NAN; batch * w.rows])
+                            .collect();
+                        let mut outs: Vec<&mut [f32]> =
+                            got.iter_mut().map(|g| g.as_mut_slice()).collect();
+                        pool.install(|| {
+                            qwen2_kernels::matmul_decode_many_with_isa(
+                                isa,
+                                &ws[..n],
+                                xs,
+                                batch,
+                                &mut outs,
+                            )
+                        })
+                        .unwrap();
+                        for (m, (g, w)) in got.iter().zip(&want).enumerate() {
+                            let same = g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits());
+                            assert!(
+                                same,
+                                "{ty} {isa:?} threads={threads} batch={batch} n={n} matrix {m}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Mixed types: each matrix on its own, same results; a missing output is an error.
+    let cols = 896;
+    let (d5, d8) = (
+        weights(&mut rng, GgmlType::Q5_0, 40, cols),
+        weights(&mut rng, GgmlType::Q8_0, 24, cols),
+    );
+    let ws = [
+        QMatRef::new(GgmlType::Q5_0, 40, cols, &d5).unwrap(),
+        QMatRef::new(GgmlType::Q8_0, 24, cols, &d8).unwrap(),
+    ];
+    let x = randn(&mut rng, 2 * cols, 0.7);
+    let isa = available_isas().into_iter().last().unwrap();
+    let (mut a, mut b) = (vec![0f32; 80], vec![0f32; 48]);
+    qwen2_kernels::matmul_decode_many_with_isa(isa, &ws, &x, 2, &mut [&mut a, &mut b]).unwrap();
+    assert_eq!(a, decode(isa, &ws[0], &x, 2));
+    assert_eq!(b, decode(isa, &ws[1], &x, 2));
+    let err = qwen2_kernels::matmul_decode_many_with_isa(isa, &ws, &x, 2, &mut [&mut a]);
+    assert!(err.is_err(), "one output for two matrices must be refused");
+    let mut short = vec![0f32; 47];
+    let err =
+        qwen2_kernels::matmul_decode_many_with_isa(isa, &ws, &x, 2, &mut [&mut a, &mut short]);
+    assert!(err.is_err(), "a short output must be refused");
+}
