@@ -422,6 +422,21 @@ impl Qwen2 {
     fn run_batch(
         &self,
         segs: &mut [Seg<'_>],
+        hook: Option<&mut HookFn<'_>>,
+    ) -> Result<Vec<Result<Vec<f32>>>> {
+        match hook {
+            Some(h) => self.run_batch_here(segs, Some(h)),
+            // The whole pass on a pool thread (`rayon::scope` from outside the pool hands the
+            // closure over once): each of its ~100 parallel sections per token then starts
+            // and ends inside the pool, the running thread taking a share, instead of this
+            // thread sleeping and being woken around every section.
+            None => rayon::scope(|_| self.run_batch_here(segs, None)),
+        }
+    }
+
+    fn run_batch_here(
+        &self,
+        segs: &mut [Seg<'_>],
         mut hook: Option<&mut HookFn<'_>>,
     ) -> Result<Vec<Result<Vec<f32>>>> {
         let x = match self.forward_rows(segs, hook.as_deref_mut()) {
