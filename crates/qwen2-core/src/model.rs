@@ -431,7 +431,7 @@ impl Qwen2 {
             // ends inside the pool, the running thread taking a share, instead of this thread
             // sleeping and being woken around every section (batch 1: +10% tok/s, median of
             // 13 alternations). Prompt passes stay here: their sections are long, and from
-            // a pool thread the 1.5B's pp512 measured ~10% slower (3 alternations).
+            // a pool thread the 1.5B's pp512 measured ~10% slower (6 of 6 alternations).
             None if decode_only => rayon::scope(|_| self.run_batch_here(segs, None)),
             hook => self.run_batch_here(segs, hook),
         }
