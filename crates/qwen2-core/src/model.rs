@@ -105,9 +105,10 @@ impl Linear {
 }
 
 /// A matmul weight in the kernels' faster in-memory layout where its format has one
-/// (`Tensor::repacked`: Q5_0 -> Q5_0R8: the same values; prompt rows give bitwise the same
-/// results, decode rows round their dot products per block instead of per lane, see
-/// `qwen2_kernels::repack`). `QWEN2_NO_REPACK=1` keeps the file's layout (A/B benchmarks).
+/// (`Tensor::repacked`: Q5_0 -> Q5_0R8 and Q4_K -> Q4KR: the same values; prompt rows give
+/// bitwise the same results, decode rows round their dot products per block or sub-block
+/// instead of per lane, see `qwen2_kernels::repack` and `repack_q4k`). `QWEN2_NO_REPACK=1`
+/// keeps the file's layout (A/B benchmarks).
 /// Only matmul weights: the embedding is read by rows.
 pub(crate) fn fast_layout(t: Tensor) -> Result<Tensor> {
     if std::env::var_os("QWEN2_NO_REPACK").is_some_and(|v| !v.is_empty() && v != "0") {

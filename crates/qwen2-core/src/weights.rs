@@ -162,7 +162,8 @@ impl Tensor {
     }
 
     /// The matrix in the kernels' faster in-memory layout when its format has one (Q5_0 ->
-    /// Q5_0R8, same values and size: see `qwen2_kernels::repack_row`), else itself. Rows are
+    /// Q5_0R8, Q4_K -> Q4KR, same values and size: see `qwen2_kernels::repack_row`), else
+    /// itself. Rows are
     /// repacked in parallel into an owned buffer, and the source pages of a GGUF map are
     /// released afterwards so resident memory does not grow by the copy.
     pub fn repacked(self) -> Result<Tensor> {
@@ -175,16 +176,30 @@ impl Tensor {
         if rows == 0 || rb == 0 || src.len() != rows * rb {
             return Ok(self);
         }
-        let mut out = vec![0u8; src.len()];
+        // An anonymous map on huge pages where the kernel grants them on request
+        // (transparent huge pages in "madvise" mode): on 4 KiB pages the page faults and
+        // zeroing of fresh memory were most of the 7B shape's load (~3 GB of Q4_K: 4 s).
+        let mut out = memmap2::MmapMut::map_anon(src.len())
+            .map_err(|e| Error::io(format!("anonymous map for {}", self.name), e))?;
+        #[cfg(target_os = "linux")]
+        let _ = out.advise(memmap2::Advice::HugePage); // a hint: 4 KiB pages work too
         out.par_chunks_mut(rb)
             .zip(src.par_chunks(rb))
             .try_for_each(|(d, s)| qwen2_kernels::repack_row(self.ty, cols, s, d).map(|_| ()))?;
         if let Data::Gguf { file, start, len } = &self.data {
             file.release(*start, *len);
         }
+        let len = out.len();
+        let map = out
+            .make_read_only()
+            .map_err(|e| Error::io(format!("anonymous map for {}", self.name), e))?;
         Ok(Tensor {
             ty: to,
-            data: Data::Owned(Arc::new(out)),
+            data: Data::Mapped {
+                map: Arc::new(map),
+                start: 0,
+                len,
+            },
             ..self
         })
     }

@@ -54,6 +54,9 @@ const TILE_C: usize = 16;
 /// Weight rows per tile call.
 const ROWS_PER_TILE: usize = 16;
 
+/// Lays out one quantized activation row of `nb` blocks for a repacked format's tiles.
+type PrepFn = fn(nb: usize, a: &[u8], out: &mut [u8]);
+
 #[derive(Clone, Copy)]
 enum Kernel {
     Tile(DotTileFn),
@@ -177,10 +180,12 @@ fn run(
             quantize_act(isa, vdt, xb, a);
         }
     }
-    // The Q5_0R8 tile reads each row prepared once (pair layout, lane-ordered scales and
-    // offsets: `repack::prep_act_row`); the other Q8_0 tiles read the widened scales.
-    let r8_tile = ty == GgmlType::Q5_0R8 && matches!(kernel, Kernel::Tile(_));
-    let d_stride = if vdt == GgmlType::Q8_0 && !r8_tile && matches!(kernel, Kernel::Tile(_)) {
+    // The repacked formats' tiles read each row prepared once (Q5_0R8: pair layout,
+    // lane-ordered scales and offsets, `repack::prep_act_row`; Q4KR: step order and sub-block
+    // sums, `repack_q4k::prep_act_row`); the other Q8_0 tiles read the widened scales.
+    let tile = matches!(kernel, Kernel::Tile(_));
+    let prepared = tile && matches!(ty, GgmlType::Q5_0R8 | GgmlType::Q4KR);
+    let d_stride = if vdt == GgmlType::Q8_0 && !prepared && tile {
         cols / 32
     } else {
         0
@@ -193,12 +198,22 @@ fn run(
                 .map(|b| scalar::f16_at(b, 0)),
         );
     }
-    let acts = if r8_tile {
-        let nb = cols / 32;
-        let prb = crate::repack::act_row_bytes(nb);
+    let acts = if prepared {
+        let nb = cols / ty.block_size();
+        let (prb, prep): (usize, PrepFn) = if ty == GgmlType::Q4KR {
+            (
+                crate::repack_q4k::act_row_bytes(nb),
+                crate::repack_q4k::prep_act_row,
+            )
+        } else {
+            (
+                crate::repack::act_row_bytes(nb),
+                crate::repack::prep_act_row,
+            )
+        };
         pbuf.resize(prb * batch, 0);
         for (p, a) in pbuf.chunks_mut(prb).zip(qbuf.chunks(arb)) {
-            crate::repack::prep_act_row(nb, a, p);
+            prep(nb, a, p);
         }
         ActRows {
             q: pbuf,

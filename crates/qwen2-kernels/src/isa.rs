@@ -134,5 +134,8 @@ fn scalar_vec_dot_fn(ty: GgmlType) -> VecDotFn {
             }
         };
     }
-    table!(F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2K, Q3K, Q4K, Q5K, Q6K, Q8K, Q5_0R8)
+    table!(
+        F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2K, Q3K, Q4K, Q5K, Q6K, Q8K, Q5_0R8,
+        Q4KR
+    )
 }

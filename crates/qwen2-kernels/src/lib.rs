@@ -14,7 +14,8 @@
 //! - `gemm`: prefill GEMM over dequantized f32 panels with a register-tile microkernel.
 //! - `qgemm`: prefill GEMM for Q4_K / Q6_K in int8 (Q8_K activations) on unpacked panels.
 //! - `activation`: SwiGLU's `silu(gate) * up` (scalar libm twin, AVX2 vector exp).
-//! - `repack`: load-time repacking of Q5_0 rows into the decode-friendly `Q5_0R8` layout.
+//! - `repack`: load-time repacking of Q5_0 rows into the decode-friendly `Q5_0R8` layout;
+//!   `repack_q4k`: of Q4_K super-blocks into `Q4KR` (lane-major nibbles).
 
 mod activation;
 mod attention;
@@ -26,6 +27,7 @@ mod kquant;
 mod matmul;
 mod qgemm;
 mod repack;
+mod repack_q4k;
 mod scalar;
 mod types;
 #[cfg(target_arch = "x86_64")]

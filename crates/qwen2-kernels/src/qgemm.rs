@@ -92,7 +92,7 @@ struct Format {
 
 fn format(ty: GgmlType) -> Option<Format> {
     let (unit, kquant) = match ty {
-        GgmlType::Q4K | GgmlType::Q6K => (QK_K, true),
+        GgmlType::Q4K | GgmlType::Q4KR | GgmlType::Q6K => (QK_K, true),
         GgmlType::Q5_0 | GgmlType::Q5_0R8 => (32, false),
         _ => return None,
     };
@@ -494,6 +494,9 @@ pub(crate) fn unpack_block_scalar(
     om: &mut [i16],
 ) -> (f32, f32) {
     match ty {
+        GgmlType::Q4KR => {
+            unpack_block_scalar(GgmlType::Q4K, &crate::repack_q4k::q4k_block(b), q, sc, om)
+        }
         GgmlType::Q4K => {
             let (scales, mins) = scalar::k4_scales_mins(&b[4..16]);
             for j in 0..4 {
@@ -526,7 +529,7 @@ pub(crate) fn unpack_block_scalar(
             let d = scalar::f16_at(b, 208);
             (d, 32.0 * d)
         }
-        _ => unreachable!("qgemm::supports admits Q4_K and Q6_K only"),
+        _ => unreachable!("qgemm::supports admits Q4_K (Q4KR) and Q6_K only"),
     }
 }
 
@@ -591,7 +594,7 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
     let optr = OutPtr(out.as_mut_ptr());
     let acts = &acts;
     let strip = match ty {
-        GgmlType::Q4K => k.strip_q4k,
+        GgmlType::Q4K | GgmlType::Q4KR => k.strip_q4k,
         _ if f.kquant => k.strip,
         _ => k.strip32,
     };

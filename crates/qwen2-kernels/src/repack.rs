@@ -42,6 +42,7 @@ const GROUP: usize = 8;
 pub fn repacked_type(ty: GgmlType) -> Option<GgmlType> {
     match ty {
         GgmlType::Q5_0 => Some(GgmlType::Q5_0R8),
+        GgmlType::Q4K => Some(GgmlType::Q4KR),
         _ => None,
     }
 }
@@ -70,7 +71,11 @@ pub fn repack_row(
             });
         }
     }
-    pack_q5_0_row(src, dst);
+    if to == GgmlType::Q4KR {
+        crate::repack_q4k::pack_row(src, dst);
+    } else {
+        pack_q5_0_row(src, dst);
+    }
     Ok(to)
 }
 

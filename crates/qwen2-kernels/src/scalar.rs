@@ -13,7 +13,7 @@ pub(crate) fn f16_at(b: &[u8], off: usize) -> f32 {
 }
 
 #[inline(always)]
-fn f32_at(b: &[u8], off: usize) -> f32 {
+pub(crate) fn f32_at(b: &[u8], off: usize) -> f32 {
     f32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
 
@@ -86,6 +86,9 @@ pub(crate) fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
         // Row-level layout: blocks are not self-contained.
         return crate::repack::dequantize(src, dst);
     }
+    if ty == GgmlType::Q4KR {
+        return crate::repack_q4k::dequantize(src, dst);
+    }
     let ts = ty.type_size();
     let bs = ty.block_size();
     let blocks = src.chunks_exact(ts).zip(dst.chunks_exact_mut(bs));
@@ -146,7 +149,7 @@ pub(crate) fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
                 y[j] = b[4 + j] as i8 as f32 * d;
             }
         }),
-        GgmlType::Q5_0R8 => {} // handled above (row-level layout)
+        GgmlType::Q5_0R8 | GgmlType::Q4KR => {} // handled above (repacked layouts)
         GgmlType::Q8K => blocks.for_each(|(b, y)| {
             let d = f32_at(b, 0);
             for j in 0..QK_K {
@@ -361,6 +364,7 @@ pub(crate) fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
             put_f16(b, 2, sum as f32 * d);
         }),
         GgmlType::Q5_0R8 => crate::repack::quantize(src, dst),
+        GgmlType::Q4KR => crate::repack_q4k::quantize(src, dst),
         GgmlType::Q8K => blocks.for_each(|(x, b)| {
             let (amax, max) = amax_and_max(x);
             if amax == 0.0 {
@@ -461,6 +465,9 @@ pub(crate) fn vec_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
     if ty == GgmlType::Q5_0R8 {
         return crate::repack::vec_dot(n, w, a);
     }
+    if ty == GgmlType::Q4KR {
+        return crate::repack_q4k::vec_dot(n, w, a);
+    }
     let nb = n / ty.block_size();
     let wb = w.chunks_exact(ty.type_size()).take(nb);
     let at = ty.vec_dot_type();
@@ -530,7 +537,7 @@ pub(crate) fn vec_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
                 sumf += dot_i8(&x[4..36], &y[2..34]) as f32 * f16_at(x, 0) * f16_at(y, 0);
             }
         }
-        GgmlType::Q5_0R8 => {} // handled above (row-level layout)
+        GgmlType::Q5_0R8 | GgmlType::Q4KR => {} // handled above (repacked layouts)
         GgmlType::Q8K => {
             for (x, y) in wb.zip(ab) {
                 sumf += dot_i8(&x[4..260], &y[4..260]) as f32 * f32_at(x, 0) * f32_at(y, 0);

@@ -24,6 +24,10 @@ pub enum GgmlType {
     /// not a ggml type, never read from nor written to a file (not in [`GgmlType::ALL`], so
     /// [`GgmlType::from_u32`] never returns it).
     Q5_0R8,
+    /// Q4_K super-blocks with their nibbles reordered at load (`crate::repack`): the same
+    /// header, values and size as Q4_K, so a decode tile sums a super-block's 8 steps in i16
+    /// and applies the scales with one multiply. Internal, like [`GgmlType::Q5_0R8`].
+    Q4KR,
 }
 
 /// Values per k-quant super-block (`QK_K`).
@@ -62,7 +66,7 @@ impl GgmlType {
 
     /// Whether the type exists only in memory (a load-time repack), never in a GGUF file.
     pub fn is_internal(self) -> bool {
-        matches!(self, GgmlType::Q5_0R8)
+        matches!(self, GgmlType::Q5_0R8 | GgmlType::Q4KR)
     }
 
     /// The ggml type id (for an internal type, an id no ggml type uses: writers must check
@@ -85,6 +89,7 @@ impl GgmlType {
             GgmlType::Q8K => 15,
             GgmlType::BF16 => 30,
             GgmlType::Q5_0R8 => u32::MAX,
+            GgmlType::Q4KR => u32::MAX - 1,
         }
     }
 
@@ -107,6 +112,7 @@ impl GgmlType {
             GgmlType::Q8K => "Q8_K",
             GgmlType::BF16 => "BF16",
             GgmlType::Q5_0R8 => "Q5_0_R8 (in-memory repack of Q5_0)",
+            GgmlType::Q4KR => "Q4_K_R (in-memory repack of Q4_K)",
         }
     }
 
@@ -124,6 +130,7 @@ impl GgmlType {
             GgmlType::Q2K
             | GgmlType::Q3K
             | GgmlType::Q4K
+            | GgmlType::Q4KR
             | GgmlType::Q5K
             | GgmlType::Q6K
             | GgmlType::Q8K => QK_K,
@@ -143,7 +150,7 @@ impl GgmlType {
             GgmlType::Q8_1 => 36,
             GgmlType::Q2K => 84,
             GgmlType::Q3K => 110,
-            GgmlType::Q4K => 144,
+            GgmlType::Q4K | GgmlType::Q4KR => 144,
             GgmlType::Q5K => 176,
             GgmlType::Q6K => 210,
             GgmlType::Q8K => 292,
@@ -178,6 +185,7 @@ impl GgmlType {
             GgmlType::Q2K
             | GgmlType::Q3K
             | GgmlType::Q4K
+            | GgmlType::Q4KR
             | GgmlType::Q5K
             | GgmlType::Q6K
             | GgmlType::Q8K => GgmlType::Q8K,

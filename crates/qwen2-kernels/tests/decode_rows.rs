@@ -185,7 +185,7 @@ fn decode_rows_simd_match_scalar_twin_and_reference() {
 #[test]
 fn decode_many_is_bitwise_the_separate_calls() {
     let mut rng = StdRng::seed_from_u64(77);
-    let mut types: Vec<GgmlType> = vec![GgmlType::Q5_0R8];
+    let mut types: Vec<GgmlType> = vec![GgmlType::Q5_0R8, GgmlType::Q4KR];
     types.extend([
         GgmlType::Q5_0,
         GgmlType::Q8_0,
@@ -194,10 +194,10 @@ fn decode_many_is_bitwise_the_separate_calls() {
         GgmlType::F16,
     ]);
     for ty in types {
-        let src_ty = if ty == GgmlType::Q5_0R8 {
-            GgmlType::Q5_0
-        } else {
-            ty
+        let src_ty = match ty {
+            GgmlType::Q5_0R8 => GgmlType::Q5_0,
+            GgmlType::Q4KR => GgmlType::Q4K,
+            _ => ty,
         };
         let cols = cols_for(src_ty)[0];
         // Row counts of a q, a k/v and a tiny matrix: different chunkings in one section.

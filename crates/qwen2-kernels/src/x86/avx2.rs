@@ -22,6 +22,7 @@ pub(crate) fn vec_dot_fn(ty: GgmlType) -> Option<VecDotFn> {
         GgmlType::Q5_0R8 => dot_q5_0_r8,
         GgmlType::Q8_0 => dot_q8_0,
         GgmlType::Q4K => dot_q4_k,
+        GgmlType::Q4KR => dot_q4_kr,
         GgmlType::Q6K => dot_q6_k,
         _ => return None,
     })
@@ -44,6 +45,7 @@ entry!(dot_q5_0, q5_0_kernel);
 entry!(dot_q5_0_r8, q5_0_r8_kernel);
 entry!(dot_q8_0, q8_0_kernel);
 entry!(dot_q4_k, q4_k_kernel);
+entry!(dot_q4_kr, q4_kr_kernel);
 entry!(dot_q6_k, q6_k_kernel);
 
 // ------------------------------------------------------------------------------------------
@@ -347,6 +349,22 @@ unsafe fn q4_k_kernel(n: usize, w: &[u8], a: &[u8]) -> f32 {
     // activation-scale pointer is unused for Q8_K activations.
     unsafe {
         super::avx2_decode::q4_k_k::<1, 1>(nb, [w.as_ptr()], [a.as_ptr()], [std::ptr::null()])[0][0]
+    }
+}
+
+/// Q4KR (repacked Q4_K): the decode tile kernel on one activation row, prepared here
+/// (`repack_q4k::prep_act_row`; decode rows take the tile, which prepares each row once per
+/// matmul). Bitwise `repack_q4k::vec_dot`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_kr_kernel(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let nb = n / 256;
+    let w = &w[..nb * 144];
+    let mut p = vec![0u8; crate::repack_q4k::act_row_bytes(nb)];
+    crate::repack_q4k::prep_act_row(nb, &a[..nb * 292], &mut p);
+    // SAFETY: `w` holds `nb` Q4KR blocks (re-sliced above) and `p` the prepared row.
+    unsafe {
+        super::avx2_decode::q4_kr_k::<1, 1>(nb, [w.as_ptr()], [p.as_ptr()], [std::ptr::null()])[0]
+            [0]
     }
 }
 

@@ -23,6 +23,7 @@ pub(crate) fn dot_tile_fn(ty: GgmlType) -> Option<DotTileFn> {
         GgmlType::Q5_0R8 => tile_q5_0_r8,
         GgmlType::Q4_0 => tile_q4_0,
         GgmlType::Q4K => tile_q4_k,
+        GgmlType::Q4KR => tile_q4_kr,
         GgmlType::Q6K => tile_q6_k,
         _ => return None,
     })
@@ -553,7 +554,148 @@ pub(crate) unsafe fn q6_k_k<const R: usize, const C: usize>(
 }
 
 tile_entry!(tile_q4_k, q4_k_k, 256, 144, 292, false);
+tile_entry!(
+    tile_q4_kr,
+    q4_kr_k,
+    256,
+    144,
+    crate::repack_q4k::ACT_BYTES,
+    false
+);
 tile_entry!(tile_q6_k, q6_k_k, 256, 210, 292, false);
+
+// ------------------------------------------------------------------------------------------
+// Q4KR (repacked Q4_K, see `crate::repack_q4k`) vs prepared Q8_K rows: its own arithmetic
+// ------------------------------------------------------------------------------------------
+
+/// `pshufb` control spreading scale bytes 0-3 (low 128-bit lane) and 4-7 (high lane) of
+/// `k4_unpack_v`'s output, each zero-extended, over two i16 lanes: i16 lane `L` gets the
+/// scale of sub-block `L / 2`, the group its values belong to in the Q4KR step order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4kr_scale_spread() -> __m256i {
+    _mm256_setr_epi8(
+        0, -128, 0, -128, 1, -128, 1, -128, 2, -128, 2, -128, 3, -128, 3, -128, 4, -128, 4, -128,
+        5, -128, 5, -128, 6, -128, 6, -128, 7, -128, 7, -128,
+    )
+}
+
+/// Per super-block and pair: the 8 steps' `vpmaddubsw` (unsigned nibbles x int8 activations in
+/// step order) added in i16, one `vpmaddwd` by the spread scales (lane `j` = sub-block `j`'s
+/// scaled sum), one FMA; the mins term from the prepared sub-block sums (one `vpmaddwd` of 8
+/// i16 pairs, one FMA). Bitwise `repack_q4k::vec_dot`.
+///
+/// SAFETY (caller): avx2+fma+f16c available; each `w[r]` has `nb` 144-byte Q4KR blocks and
+/// each `a[c]` `nb` prepared super-blocks (`repack_q4k::prep_act_row`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q4_kr_k<const R: usize, const C: usize>(
+    nb: usize,
+    w: [*const u8; R],
+    a: [*const u8; C],
+    _ad: [*const f32; C],
+) -> [[f32; C]; R] {
+    use crate::repack_q4k::ACT_BYTES;
+    let m4 = _mm256_set1_epi8(0x0F);
+    let spread = q4kr_scale_spread();
+    let pick_mins = _mm_setr_epi8(8, -1, 9, -1, 10, -1, 11, -1, 12, -1, 13, -1, 14, -1, 15, -1);
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    let mut accm = [[_mm_setzero_ps(); C]; R];
+    // SAFETY: blocks i < nb only, inside every row per the caller's contract.
+    unsafe {
+        for i in 0..nb {
+            for r in 0..R {
+                let xp = w[r].add(i * 144);
+                pf_ahead(xp, 144);
+                // [d_x, m_x, 0, 0] as f32.
+                let fdm = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(
+                    xp as *const i32,
+                )));
+                let sm = k4_unpack_v(xp.add(4));
+                let mins = _mm_shuffle_epi8(sm, pick_mins);
+                let sc = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(sm), spread);
+                let mut dd = [_mm_setzero_ps(); C];
+                for c in 0..C {
+                    let yp = a[c].add(i * ACT_BYTES);
+                    // [d, m] = yd * [d_x, m_x]; the mins term subtracts m * p (fnmadd).
+                    dd[c] = _mm_mul_ps(_mm_broadcast_ss(&*(yp.add(272) as *const f32)), fdm);
+                    let m = _mm_permute_ps::<0x55>(dd[c]);
+                    let ys = _mm_loadu_si128(yp.add(256) as *const __m128i);
+                    let p = _mm_madd_epi16(mins, ys);
+                    accm[r][c] = _mm_fnmadd_ps(m, _mm_cvtepi32_ps(p), accm[r][c]);
+                }
+                let mut s16 = [_mm256_setzero_si256(); C];
+                for k in 0..4 {
+                    let bits = loadu(xp.add(16 + 32 * k));
+                    let lo = _mm256_and_si256(bits, m4);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
+                    for c in 0..C {
+                        let yp = a[c].add(i * ACT_BYTES + 64 * k);
+                        let pl = _mm256_maddubs_epi16(lo, loadu(yp));
+                        let ph = _mm256_maddubs_epi16(hi, loadu(yp.add(32)));
+                        s16[c] = _mm256_add_epi16(s16[c], _mm256_add_epi16(pl, ph));
+                    }
+                    fence(&mut s16);
+                }
+                for c in 0..C {
+                    let sumi = _mm256_madd_epi16(s16[c], sc);
+                    let d = _mm256_broadcastss_ps(dd[c]);
+                    acc[r][c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc[r][c]);
+                }
+            }
+        }
+    }
+    let mut out = [[0.0f32; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            let v = acc[r][c];
+            let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let h = _mm_add_ps(h, accm[r][c]);
+            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            out[r][c] = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+        }
+    }
+    out
+}
+
+/// AVX2 twin of `repack_q4k::pack_block`: the nibbles split to natural order, permuted to step
+/// order (`avx2_qgemm::perm_k`), and steps `2 k`, `2 k + 1` merged into vector `k`.
+pub(crate) fn pack_q4kr_block(src: &[u8], dst: &mut [u8]) {
+    assert!(
+        src.len() >= 144 && dst.len() >= 144,
+        "pack_q4kr_block operands"
+    );
+    // SAFETY: only called after `detected_isa() >= Avx2` (avx2 available); 144 bytes in and
+    // out checked above.
+    unsafe { pack_q4kr_kernel(src.as_ptr(), dst.as_mut_ptr()) }
+}
+
+/// SAFETY (caller): avx2+fma+f16c available; 144 readable bytes at `src`, 144 writable at
+/// `dst`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pack_q4kr_kernel(src: *const u8, dst: *mut u8) {
+    let mut t = [0u8; 256];
+    let mut u = [0u8; 256];
+    // SAFETY: per the caller's contract; `t` and `u` are 256 bytes.
+    unsafe {
+        let m4 = _mm256_set1_epi8(0x0F);
+        for j in 0..4 {
+            let v = loadu(src.add(16 + 32 * j));
+            let tp = t.as_mut_ptr().add(64 * j) as *mut __m256i;
+            _mm256_storeu_si256(tp, _mm256_and_si256(v, m4));
+            _mm256_storeu_si256(tp.add(1), _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4));
+        }
+        super::avx2_qgemm::perm_k(&t, &mut u);
+        std::ptr::copy_nonoverlapping(src, dst, 16);
+        for k in 0..4 {
+            let lo = loadu(u.as_ptr().add(64 * k));
+            let hi = loadu(u.as_ptr().add(64 * k + 32));
+            // Quants are below 16: the 16-bit shift moves no bit across a byte.
+            let v = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
+            _mm256_storeu_si256(dst.add(16 + 32 * k) as *mut __m256i, v);
+        }
+    }
+}
 
 // ------------------------------------------------------------------------------------------
 // Q5_0R8 (repacked Q5_0, see `crate::repack`): the unpacking shared with the prompt GEMM, and

@@ -461,6 +461,12 @@ pub(crate) fn unpack_block(
         b.len() >= ty.type_size() && q.len() >= QK_K && sc.len() >= SC_LANES && om.len() >= 16,
         "qgemm unpack operands too short"
     );
+    // Q4KR's nibbles are already in the panel's order (`crate::repack_q4k`): split in place.
+    if ty == GgmlType::Q4KR {
+        // SAFETY: only called when `qgemm::kernels` returned this module's kernels (avx2+fma+
+        // f16c detected); the lengths checked above bound every access.
+        return unsafe { unpack_q4k(b, q, sc, om) };
+    }
     // Natural order first, then the panel's (`qgemm::kpos`).
     let mut t = [0u8; QK_K];
     // SAFETY: only called when `qgemm::kernels` returned this module's kernels, i.e. after
