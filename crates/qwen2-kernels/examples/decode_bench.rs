@@ -8,7 +8,8 @@
 //! Prints `old/new` ratios: > 1 means the decode path is faster.
 //!
 //! `-- repack`: the Q5_0 decode tiles on ggml's layout (old) vs the same rows repacked to
-//! Q5_0R8 at load (new), same shapes and batches.
+//! Q5_0R8 at load (new), same shapes and batches. `-- repack_q4k`: Q4_K vs Q4KR alike, on the
+//! 0.5B's down, the 1.5B's gate/up and the 7B shape's gate/up.
 
 use qwen2_kernels::{
     matmul_decode, matmul_prompt, matmul_vec_dot_with_isa, quantize_row, repack_row, GgmlType,
@@ -75,7 +76,25 @@ fn main() {
         }
     }
     if filter == "repack" {
-        return repack_ab(&one);
+        return repack_ab(
+            &one,
+            GgmlType::Q5_0,
+            &[
+                ("q5_0 gate/up 4864x896", 4864, 896),
+                ("q5_0 q/o 896x896", 896, 896),
+            ],
+        );
+    }
+    if filter == "repack_q4k" {
+        return repack_ab(
+            &one,
+            GgmlType::Q4K,
+            &[
+                ("q4_k down 896x4864", 896, 4864),
+                ("q4_k 1.5B up 8960x1536", 8960, 1536),
+                ("q4_k 7B up 18944x3584", 18944, 3584),
+            ],
+        );
     }
     for (name, ty, rows, cols) in shapes {
         if !filter.is_empty() && !name.contains(&filter) {
@@ -119,18 +138,15 @@ fn main() {
     }
 }
 
-/// Q5_0 decode tiles, ggml layout vs repacked (`repack_row`), on the model's Q5_0 shapes:
-/// `hot` reuses one matrix (cache-resident: kernel cost), `stream` cycles through 24 copies
-/// (~70 MB for gate/up, as a decode step streams 24 layers from DRAM). `prompt` is the GEMM
-/// (`matmul_prompt`, 64 rows) on dequantized panels of either layout.
-fn repack_ab(one: &rayon::ThreadPool) {
-    for (name, rows, cols) in [
-        ("q5_0 gate/up 4864x896", 4864, 896),
-        ("q5_0 q/o 896x896", 896, 896),
-    ] {
-        let ty = GgmlType::Q5_0;
+/// Decode tiles, ggml layout vs repacked (`repack_row`), on a model's shapes of `ty`: `hot`
+/// reuses one matrix (cache-resident for the small ones: kernel cost), `stream` cycles
+/// through copies (at least ~70 MB, up to 24, as a decode step streams its layers from DRAM).
+/// `prompt` is the GEMM (`matmul_prompt`, 64 rows) on panels of either layout.
+fn repack_ab(one: &rayon::ThreadPool, ty: GgmlType, shapes: &[(&str, usize, usize)]) {
+    let to = qwen2_kernels::repacked_type(ty).expect("a repacked type");
+    for &(name, rows, cols) in shapes {
         let rb = ty.row_bytes(cols).expect("row bytes");
-        let copies = 24;
+        let copies = (70_000_000 / (rows * rb)).clamp(2, 24);
         let data: Vec<Vec<u8>> = (0..copies).map(|_| matrix(ty, rows, cols)).collect();
         let packed: Vec<Vec<u8>> = data
             .iter()
@@ -148,7 +164,7 @@ fn repack_ab(one: &rayon::ThreadPool) {
             .map(|(a, b)| {
                 (
                     QMatRef::new(ty, rows, cols, a).expect("shape"),
-                    QMatRef::new(GgmlType::Q5_0R8, rows, cols, b).expect("shape"),
+                    QMatRef::new(to, rows, cols, b).expect("shape"),
                 )
             })
             .unzip();
