@@ -101,6 +101,36 @@ pub fn detected_isa() -> Isa {
     })
 }
 
+/// Whether the AVX2 integer kernels run their dot-product steps on AVX-512 VNNI instructions
+/// (256-bit EVEX `vpdpbusd` / `vpdpwssd`: Ice Lake, Sapphire Rapids, Zen 4). Not an ISA level
+/// of its own: a VNNI step computes exactly the i32 sums of the `vpmaddubsw` + `vpmaddwd` +
+/// `vpaddd` sequence it replaces (none of those can saturate on the operand ranges the kernels
+/// feed them), so every result is bitwise the AVX2 kernel's and the `QWEN2_ISA=avx2` numerics
+/// hold on every CPU. `QWEN2_NO_VNNI=1` turns it off (A/B benchmarks); decided once.
+pub fn vnni() -> bool {
+    static VNNI: OnceLock<bool> = OnceLock::new();
+    *VNNI.get_or_init(|| {
+        let off = std::env::var_os("QWEN2_NO_VNNI").is_some_and(|v| v == "1");
+        !off && vnni_available() && detected_isa() >= Isa::Avx2
+    })
+}
+
+/// Whether the CPU has 256-bit AVX-512 VNNI (ignores `QWEN2_NO_VNNI`; tests use it to run both
+/// forms of a kernel).
+pub fn vnni_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        Isa::Avx2.is_available()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Which SIMD path runtime dispatch picked, for logging.
 pub fn isa_name() -> &'static str {
     detected_isa().name()

@@ -38,7 +38,7 @@ pub use attention::{attention, attention_with_isa, AttnShape, KvData, KEY_BLOCK}
 #[doc(hidden)]
 pub use attention::{attention_scheduled, Schedule};
 pub use error::KernelError;
-pub use isa::{available_isas, detected_isa, isa_name, Isa};
+pub use isa::{available_isas, detected_isa, isa_name, vnni, vnni_available, Isa};
 pub use matmul::{
     matmul, matmul_decode, matmul_decode_many, matmul_decode_many_with_isa, matmul_decode_with_isa,
     matmul_prompt, matmul_prompt_with_isa, matmul_reference, matmul_vec_dot_with_isa,

@@ -568,6 +568,38 @@ tile_entry!(tile_q6_k, q6_k_k, 256, 210, 292, false);
 // Q4KR (repacked Q4_K, see `crate::repack_q4k`) vs prepared Q8_K rows: its own arithmetic
 // ------------------------------------------------------------------------------------------
 
+/// `acc + sum of 4 products u8(u) * i8(s)` per i32 lane: AVX-512 VNNI's 256-bit `vpdpbusd`
+/// (exact, where the AVX2 `vpmaddubsw` + `vpmaddwd` + `vpaddd` it replaces forms i16 pairs).
+///
+/// SAFETY (caller): AVX-512 VNNI (VL) available.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    let mut acc = acc;
+    // SAFETY: a register-only instruction, available per the caller's contract.
+    unsafe {
+        std::arch::asm!(
+            "vpdpbusd {acc}, {u}, {s}",
+            acc = inout(ymm_reg) acc,
+            u = in(ymm_reg) u,
+            s = in(ymm_reg) s,
+            options(pure, nomem, nostack, preserves_flags),
+        )
+    };
+    acc
+}
+
+/// `pshufb` control: as [`q4kr_scale_spread`], each scale zero-extended into its i32 lane
+/// (lane `j` = sub-block `j`), for the VNNI form's `vpmulld`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4kr_scale_spread32() -> __m256i {
+    _mm256_setr_epi8(
+        0, -128, -128, -128, 1, -128, -128, -128, 2, -128, -128, -128, 3, -128, -128, -128, 4,
+        -128, -128, -128, 5, -128, -128, -128, 6, -128, -128, -128, 7, -128, -128, -128,
+    )
+}
+
 /// `pshufb` control spreading scale bytes 0-3 (low 128-bit lane) and 4-7 (high lane) of
 /// `k4_unpack_v`'s output, each zero-extended, over two i16 lanes: i16 lane `L` gets the
 /// scale of sub-block `L / 2`, the group its values belong to in the Q4KR step order.
@@ -585,6 +617,8 @@ fn q4kr_scale_spread() -> __m256i {
 /// scaled sum), one FMA; the mins term from the prepared sub-block sums (one `vpmaddwd` of 8
 /// i16 pairs, one FMA). Bitwise `repack_q4k::vec_dot`.
 ///
+/// On VNNI (`isa::vnni`) the steps go through [`q4_kr_kv`]'s `vpdpbusd` form: the same sums.
+///
 /// SAFETY (caller): avx2+fma+f16c available; each `w[r]` has `nb` 144-byte Q4KR blocks and
 /// each `a[c]` `nb` prepared super-blocks (`repack_q4k::prep_act_row`).
 #[inline]
@@ -593,11 +627,38 @@ pub(crate) unsafe fn q4_kr_k<const R: usize, const C: usize>(
     nb: usize,
     w: [*const u8; R],
     a: [*const u8; C],
+    ad: [*const f32; C],
+) -> [[f32; C]; R] {
+    // SAFETY: per the caller's contract; VNNI only where `vnni()` confirmed it.
+    unsafe {
+        if crate::isa::vnni() {
+            q4_kr_kv::<R, C, true>(nb, w, a, ad)
+        } else {
+            q4_kr_kv::<R, C, false>(nb, w, a, ad)
+        }
+    }
+}
+
+/// [`q4_kr_k`]'s body; `V`: each step's two products per row added into i32 lanes by
+/// `vpdpbusd` (an i32 lane is the i16 lane pair of one sub-block), the scales applied by
+/// `vpmulld`: exactly the i32 sums of the AVX2 form's `vpmaddwd`, so bitwise its results.
+///
+/// SAFETY (caller): as [`q4_kr_k`], and AVX-512 VNNI (VL) if `V`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q4_kr_kv<const R: usize, const C: usize, const V: bool>(
+    nb: usize,
+    w: [*const u8; R],
+    a: [*const u8; C],
     _ad: [*const f32; C],
 ) -> [[f32; C]; R] {
     use crate::repack_q4k::ACT_BYTES;
     let m4 = _mm256_set1_epi8(0x0F);
-    let spread = q4kr_scale_spread();
+    let spread = if V {
+        q4kr_scale_spread32()
+    } else {
+        q4kr_scale_spread()
+    };
     let pick_mins = _mm_setr_epi8(8, -1, 9, -1, 10, -1, 11, -1, 12, -1, 13, -1, 14, -1, 15, -1);
     let mut acc = [[_mm256_setzero_ps(); C]; R];
     let mut accm = [[_mm_setzero_ps(); C]; R];
@@ -631,14 +692,24 @@ pub(crate) unsafe fn q4_kr_k<const R: usize, const C: usize>(
                     let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
                     for c in 0..C {
                         let yp = a[c].add(i * ACT_BYTES + 64 * k);
-                        let pl = _mm256_maddubs_epi16(lo, loadu(yp));
-                        let ph = _mm256_maddubs_epi16(hi, loadu(yp.add(32)));
-                        s16[c] = _mm256_add_epi16(s16[c], _mm256_add_epi16(pl, ph));
+                        if V {
+                            // s16 holds i32 lanes here.
+                            let t = dpbusd(s16[c], lo, loadu(yp));
+                            s16[c] = dpbusd(t, hi, loadu(yp.add(32)));
+                        } else {
+                            let pl = _mm256_maddubs_epi16(lo, loadu(yp));
+                            let ph = _mm256_maddubs_epi16(hi, loadu(yp.add(32)));
+                            s16[c] = _mm256_add_epi16(s16[c], _mm256_add_epi16(pl, ph));
+                        }
                     }
                     fence(&mut s16);
                 }
                 for c in 0..C {
-                    let sumi = _mm256_madd_epi16(s16[c], sc);
+                    let sumi = if V {
+                        _mm256_mullo_epi32(s16[c], sc)
+                    } else {
+                        _mm256_madd_epi16(s16[c], sc)
+                    };
                     let d = _mm256_broadcastss_ps(dd[c]);
                     acc[r][c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc[r][c]);
                 }
@@ -874,11 +945,36 @@ unsafe fn f16_at(p: *const u8) -> f32 {
 /// sums of at most 4 * 2 * 31 * 128 = 31744), minus the offsets, one FMA with the 8 scale
 /// products. Bitwise `repack::vec_dot` (see there).
 ///
+/// On VNNI (`isa::vnni`) the products go through [`r8_dotv`]'s `vpdpbusd` form: the same
+/// block sums.
+///
 /// SAFETY (caller): avx2+fma+f16c available; `w` is a Q5_0R8 row of `nb` blocks and every
 /// `a[c]` a prepared row of `repack::act_row_bytes(nb)` bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn r8_dot<const C: usize>(
+    nb: usize,
+    w: *const u8,
+    a: [*const u8; C],
+) -> [f32; C] {
+    // SAFETY: per the caller's contract; VNNI only where `vnni()` confirmed it.
+    unsafe {
+        if crate::isa::vnni() {
+            r8_dotv::<C, true>(nb, w, a)
+        } else {
+            r8_dotv::<C, false>(nb, w, a)
+        }
+    }
+}
+
+/// [`r8_dot`]'s body; `V`: per block pair and column two `vpdpbusd` from zero (4 i32 lanes per
+/// block) folded by `avx2_qgemm::fold4`: the AVX2 form's block sums exactly, so bitwise its
+/// results.
+///
+/// SAFETY (caller): as [`r8_dot`], and AVX-512 VNNI (VL) if `V`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn r8_dotv<const C: usize, const V: bool>(
     nb: usize,
     w: *const u8,
     a: [*const u8; C],
@@ -899,10 +995,18 @@ pub(crate) unsafe fn r8_dot<const C: usize>(
                 }
                 // SAFETY: as above, pair j's 64 bytes inside the slot.
                 let (y0, y1) = unsafe { (loadu(ap.add(64 * j)), loadu(ap.add(64 * j + 32))) };
-                _mm256_add_epi16(
-                    _mm256_maddubs_epi16(wv[2 * j], y0),
-                    _mm256_maddubs_epi16(wv[2 * j + 1], y1),
-                )
+                if V {
+                    // SAFETY: VNNI available (the caller's contract for `V`).
+                    unsafe {
+                        let t = dpbusd(_mm256_setzero_si256(), wv[2 * j], y0);
+                        dpbusd(t, wv[2 * j + 1], y1)
+                    }
+                } else {
+                    _mm256_add_epi16(
+                        _mm256_maddubs_epi16(wv[2 * j], y0),
+                        _mm256_maddubs_epi16(wv[2 * j + 1], y1),
+                    )
+                }
             });
             // The low halves (even blocks) to lanes 0-3, the high halves (odd) to 4-7. Each
             // i16 lane is at most 2 * 2 * 31 * 128 = 15872 here.
@@ -911,12 +1015,16 @@ pub(crate) unsafe fn r8_dot<const C: usize>(
             let add_halves = |x: __m256i, y: __m256i| {
                 _mm256_add_epi16(_mm256_unpacklo_epi32(x, y), _mm256_unpackhi_epi32(x, y))
             };
-            let m01 = _mm256_madd_epi16(add_halves(p[0], p[1]), ones);
-            let m23 = _mm256_madd_epi16(add_halves(p[2], p[3]), ones);
-            let sum = _mm256_add_epi32(
-                _mm256_unpacklo_epi64(m01, m23),
-                _mm256_unpackhi_epi64(m01, m23),
-            );
+            let sum = if V {
+                super::avx2_qgemm::fold4(p)
+            } else {
+                let m01 = _mm256_madd_epi16(add_halves(p[0], p[1]), ones);
+                let m23 = _mm256_madd_epi16(add_halves(p[2], p[3]), ones);
+                _mm256_add_epi32(
+                    _mm256_unpacklo_epi64(m01, m23),
+                    _mm256_unpackhi_epi64(m01, m23),
+                )
+            };
             // SAFETY: the slot's offsets and scales, inside it.
             let (off, da) = unsafe {
                 (
@@ -1173,6 +1281,117 @@ mod tests {
         r[301] = f32::NEG_INFINITY;
         out.push(r);
         out
+    }
+
+    /// The VNNI forms of the Q4KR and Q5_0R8 decode tiles against their AVX2 forms, bitwise:
+    /// random weights and, in the `extreme` case, every quant at its maximum (columns from
+    /// `rows()`, which include activations of +-127 after quantization).
+    #[test]
+    fn vnni_decode_forms_equal_avx2_bitwise() {
+        if !crate::isa::vnni_available() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        let mut seed = 0x9E3779B97F4A7C15u64;
+        let mut byte = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 24) as u8
+        };
+        let xs = rows();
+        // 4 activation columns of `n` values from rows `i..`, quantized to `ty`.
+        let cols = |i: usize, n: usize, ty: GgmlType| -> Vec<Vec<u8>> {
+            (0..4)
+                .map(|c| {
+                    let x: Vec<f32> = (0..n)
+                        .map(|k| xs[(i + c + k / 512) % 200][k % 512])
+                        .collect();
+                    let mut q = vec![0u8; ty.row_bytes(n).unwrap()];
+                    crate::scalar::quantize(ty, &x, &mut q);
+                    q
+                })
+                .collect()
+        };
+        let bits = |v: [f32; 4]| v.map(f32::to_bits);
+        for extreme in [false, true] {
+            // Q4KR: Q4_K blocks with d = dmin = 1/16 (f16 0x2C00), random scales and mins.
+            for nb in [1usize, 2, 3] {
+                let mut src = vec![0u8; nb * 144];
+                for (k, b) in src.iter_mut().enumerate() {
+                    *b = match k % 144 {
+                        0 | 2 => 0x00,
+                        1 | 3 => 0x2C,
+                        16.. if extreme => 0xFF,
+                        _ => byte(),
+                    };
+                }
+                let mut w = vec![0u8; src.len()];
+                crate::repack_row(GgmlType::Q4K, nb * 256, &src, &mut w).unwrap();
+                for i in [0usize, 50, 120, 165] {
+                    let acts: Vec<Vec<u8>> = cols(i, nb * 256, GgmlType::Q8K)
+                        .iter()
+                        .map(|q| {
+                            let mut p = vec![0u8; crate::repack_q4k::act_row_bytes(nb)];
+                            crate::repack_q4k::prep_act_row(nb, q, &mut p);
+                            p
+                        })
+                        .collect();
+                    let ap = std::array::from_fn(|c| acts[c].as_ptr());
+                    let ad = [std::ptr::null(); 4];
+                    // SAFETY: avx2 and VNNI present; whole blocks and prepared rows of `nb`.
+                    let (x, v) = unsafe {
+                        (
+                            q4_kr_kv::<1, 4, false>(nb, [w.as_ptr()], ap, ad)[0],
+                            q4_kr_kv::<1, 4, true>(nb, [w.as_ptr()], ap, ad)[0],
+                        )
+                    };
+                    assert_eq!(
+                        bits(x),
+                        bits(v),
+                        "Q4KR nb={nb} rows {i}.. extreme={extreme}"
+                    );
+                }
+            }
+            // Q5_0R8: Q5_0 blocks with d = 1/16, random (or all-ones) quant bits; full slots,
+            // a lone group of 4 (Qwen2-0.5B's 896) and a ragged tail.
+            for nb in [8usize, 16, 28, 13] {
+                let mut src = vec![0u8; nb * 22];
+                for (k, b) in src.iter_mut().enumerate() {
+                    *b = match k % 22 {
+                        0 => 0x00,
+                        1 => 0x2C,
+                        _ if extreme => 0xFF,
+                        _ => byte(),
+                    };
+                }
+                let mut w = vec![0u8; src.len()];
+                crate::repack_row(GgmlType::Q5_0, nb * 32, &src, &mut w).unwrap();
+                for i in [0usize, 50, 120, 165] {
+                    let acts: Vec<Vec<u8>> = cols(i, nb * 32, GgmlType::Q8_0)
+                        .iter()
+                        .map(|q| {
+                            let mut p = vec![0u8; crate::repack::act_row_bytes(nb)];
+                            crate::repack::prep_act_row(nb, q, &mut p);
+                            p
+                        })
+                        .collect();
+                    let ap = std::array::from_fn(|c| acts[c].as_ptr());
+                    // SAFETY: avx2 and VNNI present; a Q5_0R8 row and prepared rows of `nb`.
+                    let (x, v) = unsafe {
+                        (
+                            r8_dotv::<4, false>(nb, w.as_ptr(), ap),
+                            r8_dotv::<4, true>(nb, w.as_ptr(), ap),
+                        )
+                    };
+                    assert_eq!(
+                        bits(x),
+                        bits(v),
+                        "Q5_0R8 nb={nb} rows {i}.. extreme={extreme}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

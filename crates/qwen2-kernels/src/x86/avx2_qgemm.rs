@@ -22,15 +22,28 @@ pub(crate) fn tile(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
     // SAFETY: this tile is only handed out by `qgemm::kernels` for `Isa::Avx2` or higher, which
     // is selected only after `Isa::is_available` confirmed avx2+fma+f16c; `tile_checked`
     // bounds every read of the kernel.
-    unsafe { kernel::<false>(t) }
+    unsafe {
+        if crate::isa::vnni() {
+            kernel::<false, true>(t)
+        } else {
+            kernel::<false, false>(t)
+        }
+    }
 }
 
-/// Q4_K's tile (see [`kernel`]): quants must be below 16, or the i16 sums may saturate (wrong
-/// results, nothing unsafe).
+/// Q4_K's tile (see [`kernel`]): quants must be below 16, or the i16 sums may saturate, and
+/// the two scale lanes of a sub-block equal, as the Q4_K panel has them, or the VNNI form
+/// differs (wrong results, nothing unsafe).
 pub(crate) fn tile_q4k(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
     tile_checked(t);
-    // SAFETY: as for `tile`.
-    unsafe { kernel::<true>(t) }
+    // SAFETY: as for `tile` (VNNI only where `vnni()` confirmed it).
+    unsafe {
+        if crate::isa::vnni() {
+            kernel::<true, true>(t)
+        } else {
+            kernel::<true, false>(t)
+        }
+    }
 }
 
 fn tile_checked(t: &QTileArgs) {
@@ -46,13 +59,44 @@ fn tile_checked(t: &QTileArgs) {
     assert!(ok, "qgemm tile operands shorter than nsb = {}", t.nsb);
 }
 
+/// Both forms of a tile, AVX2 then VNNI (tests: bitwise equal). `which`: 0 the k-quant tile,
+/// 1 Q4_K's, 2 the 32-value-block tile.
+#[cfg(test)]
+pub(crate) fn tile_forms(t: &QTileArgs, which: u8) -> [[[f32; TILE_C]; TILE_R]; 2] {
+    assert!(
+        crate::isa::vnni_available(),
+        "tile_forms needs AVX-512 VNNI"
+    );
+    // The entries check the operands (and run the default form once).
+    match which {
+        0 => drop(tile(t)),
+        1 => drop(tile_q4k(t)),
+        _ => drop(tile32(t)),
+    }
+    // SAFETY: operands checked above; avx2 and VNNI asserted available.
+    unsafe {
+        match which {
+            0 => [kernel::<false, false>(t), kernel::<false, true>(t)],
+            1 => [kernel::<true, false>(t), kernel::<true, true>(t)],
+            _ => [kernel32::<false>(t), kernel32::<true>(t)],
+        }
+    }
+}
+
 /// Safe entry of a k-quant strip (`qgemm::QStrip`): checks the operands once, then runs the
 /// tile over every row group with unchecked operand slices.
 pub(crate) fn strip(s: &QStrip, res: &mut [f32]) {
     assert!(s.unit == QK_K && s.sc_stride > 0, "k-quant strip");
     strip_checked(s, res, SC_LANES);
-    // SAFETY: AVX2 only (see `tile`); `strip_checked` bounds every slice `strip_kernel` builds.
-    unsafe { strip_kernel::<false, false>(s, res) }
+    // SAFETY: AVX2 only (see `tile`); `strip_checked` bounds every slice `strip_kernel` builds;
+    // VNNI only where `vnni()` confirmed it.
+    unsafe {
+        if crate::isa::vnni() {
+            strip_kernel::<false, false, true>(s, res)
+        } else {
+            strip_kernel::<false, false, false>(s, res)
+        }
+    }
 }
 
 /// Safe entry of a Q4_K strip (quants below 16, see [`tile_q4k`]).
@@ -60,7 +104,13 @@ pub(crate) fn strip_q4k(s: &QStrip, res: &mut [f32]) {
     assert!(s.unit == QK_K && s.sc_stride > 0, "k-quant strip");
     strip_checked(s, res, SC_LANES);
     // SAFETY: as for `strip`.
-    unsafe { strip_kernel::<false, true>(s, res) }
+    unsafe {
+        if crate::isa::vnni() {
+            strip_kernel::<false, true, true>(s, res)
+        } else {
+            strip_kernel::<false, true, false>(s, res)
+        }
+    }
 }
 
 /// Safe entry of a 32-value-block strip (see [`strip`]).
@@ -78,7 +128,13 @@ pub(crate) fn strip32(s: &QStrip, res: &mut [f32]) {
         "qgemm strip32 scales"
     );
     // SAFETY: as for `strip`.
-    unsafe { strip_kernel::<true, false>(s, res) }
+    unsafe {
+        if crate::isa::vnni() {
+            strip_kernel::<true, false, true>(s, res)
+        } else {
+            strip_kernel::<true, false, false>(s, res)
+        }
+    }
 }
 
 /// The length checks shared by both strips (`sc_lanes` group-scale lanes per unit).
@@ -101,10 +157,14 @@ fn strip_checked(s: &QStrip, res: &mut [f32], sc_lanes: usize) {
     assert!(ok, "qgemm strip operands shorter than nsb = {}", s.nsb);
 }
 
-/// SAFETY (caller): avx2+fma available; operands checked by `strip_checked` (and, for
-/// `PAIRS`, the scale lengths `strip32` checks). `Q4K` picks the k-quant tile's i16 sums.
+/// SAFETY (caller): avx2+fma available, and AVX-512 VNNI if `V`; operands checked by
+/// `strip_checked` (and, for `PAIRS`, the scale lengths `strip32` checks). `Q4K` picks the
+/// k-quant tile's summed steps, `V` the VNNI form of every tile (bitwise the same results).
 #[target_feature(enable = "avx2,fma")]
-unsafe fn strip_kernel<const PAIRS: bool, const Q4K: bool>(s: &QStrip, res: &mut [f32]) {
+unsafe fn strip_kernel<const PAIRS: bool, const Q4K: bool, const V: bool>(
+    s: &QStrip,
+    res: &mut [f32],
+) {
     const _: () = assert!(TILE_R == 3, "row groups spelled out for 3 rows");
     let n = s.nsb * s.unit;
     let scn = if PAIRS { 0 } else { s.nsb * SC_LANES };
@@ -149,9 +209,9 @@ unsafe fn strip_kernel<const PAIRS: bool, const Q4K: bool>(s: &QStrip, res: &mut
                 bias: s.bias,
             };
             if PAIRS {
-                kernel32(&args)
+                kernel32::<V>(&args)
             } else {
-                kernel::<Q4K>(&args)
+                kernel::<Q4K, V>(&args)
             }
         };
         for (i, tr) in t.iter().enumerate().take((s.rows - rt).min(TILE_R)) {
@@ -169,7 +229,7 @@ unsafe fn strip_kernel<const PAIRS: bool, const Q4K: bool>(s: &QStrip, res: &mut
 /// unpacks and adds (`vphaddd` takes 2 cycles per instruction on Zen 3, an unpack half of one).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn fold4(a: [__m256i; TILE_C]) -> __m256i {
+pub(crate) fn fold4(a: [__m256i; TILE_C]) -> __m256i {
     // [a0_0 + a0_2, a1_0 + a1_2, a0_1 + a0_3, a1_1 + a1_3] per half, and alike for a2, a3.
     let t01 = _mm256_add_epi32(
         _mm256_unpacklo_epi32(a[0], a[1]),
@@ -371,12 +431,154 @@ macro_rules! kstep16 {
     };
 }
 
+/// [`kstep2!`] on VNNI: `vpdpwssd` applies the group scales and accumulates in one
+/// instruction (the `vpmaddwd` + `vpaddd` pair's exact i32 result).
+macro_rules! kstep2v {
+    ($acc:ident, $q:ident, $sc:ident, $a:ident, $off:expr) => {
+        std::arch::asm!(
+            "vmovdqu {w0}, ymmword ptr [{q0} + {off}]",
+            "vmovdqu {w1}, ymmword ptr [{q0} + {off} + 32]",
+            "vpmaddubsw {t}, {w0}, ymmword ptr [{a0} + {off}]",
+            "vpmaddubsw {u}, {w1}, ymmword ptr [{a0} + {off} + 32]",
+            "vpaddw {t}, {t}, {u}",
+            "vpdpwssd {c00}, {t}, ymmword ptr [{s0}]",
+            "vpmaddubsw {t}, {w0}, ymmword ptr [{a1} + {off}]",
+            "vpmaddubsw {u}, {w1}, ymmword ptr [{a1} + {off} + 32]",
+            "vpaddw {t}, {t}, {u}",
+            "vpdpwssd {c01}, {t}, ymmword ptr [{s0}]",
+            "vpmaddubsw {t}, {w0}, ymmword ptr [{a2} + {off}]",
+            "vpmaddubsw {u}, {w1}, ymmword ptr [{a2} + {off} + 32]",
+            "vpaddw {t}, {t}, {u}",
+            "vpdpwssd {c02}, {t}, ymmword ptr [{s0}]",
+            "vpmaddubsw {t}, {w0}, ymmword ptr [{a3} + {off}]",
+            "vpmaddubsw {u}, {w1}, ymmword ptr [{a3} + {off} + 32]",
+            "vpaddw {t}, {t}, {u}",
+            "vpdpwssd {c03}, {t}, ymmword ptr [{s0}]",
+            "vmovdqu {w0}, ymmword ptr [{q1} + {off}]",
+            "vmovdqu {w1}, ymmword ptr [{q1} + {off} + 32]",
+            "vpmaddubsw {t}, {w0}, ymmword ptr [{a0} + {off}]",
+            "vpmaddubsw {u}, {w1}, ymmword ptr [{a0} + {off} + 32]",
+            "vpaddw {t}, {t}, {u}",
+            "vpdpwssd {c10}, {t}, ymmword ptr [{s1}]",
+            "vpmaddubsw {t}, {w0}, ymmword ptr [{a1} + {off}]",
+            "vpmaddubsw {u}, {w1}, ymmword ptr [{a1} + {off} + 32]",
+            "vpaddw {t}, {t}, {u}",
+            "vpdpwssd {c11}, {t}, ymmword ptr [{s1}]",
+            "vpmaddubsw {t}, {w0}, ymmword ptr [{a2} + {off}]",
+            "vpmaddubsw {u}, {w1}, ymmword ptr [{a2} + {off} + 32]",
+            "vpaddw {t}, {t}, {u}",
+            "vpdpwssd {c12}, {t}, ymmword ptr [{s1}]",
+            "vpmaddubsw {t}, {w0}, ymmword ptr [{a3} + {off}]",
+            "vpmaddubsw {u}, {w1}, ymmword ptr [{a3} + {off} + 32]",
+            "vpaddw {t}, {t}, {u}",
+            "vpdpwssd {c13}, {t}, ymmword ptr [{s1}]",
+            "vmovdqu {w0}, ymmword ptr [{q2} + {off}]",
+            "vmovdqu {w1}, ymmword ptr [{q2} + {off} + 32]",
+            "vpmaddubsw {t}, {w0}, ymmword ptr [{a0} + {off}]",
+            "vpmaddubsw {u}, {w1}, ymmword ptr [{a0} + {off} + 32]",
+            "vpaddw {t}, {t}, {u}",
+            "vpdpwssd {c20}, {t}, ymmword ptr [{s2}]",
+            "vpmaddubsw {t}, {w0}, ymmword ptr [{a1} + {off}]",
+            "vpmaddubsw {u}, {w1}, ymmword ptr [{a1} + {off} + 32]",
+            "vpaddw {t}, {t}, {u}",
+            "vpdpwssd {c21}, {t}, ymmword ptr [{s2}]",
+            "vpmaddubsw {t}, {w0}, ymmword ptr [{a2} + {off}]",
+            "vpmaddubsw {u}, {w1}, ymmword ptr [{a2} + {off} + 32]",
+            "vpaddw {t}, {t}, {u}",
+            "vpdpwssd {c22}, {t}, ymmword ptr [{s2}]",
+            "vpmaddubsw {t}, {w0}, ymmword ptr [{a3} + {off}]",
+            "vpmaddubsw {u}, {w1}, ymmword ptr [{a3} + {off} + 32]",
+            "vpaddw {t}, {t}, {u}",
+            "vpdpwssd {c23}, {t}, ymmword ptr [{s2}]",
+            q0 = in(reg) $q[0],
+            q1 = in(reg) $q[1],
+            q2 = in(reg) $q[2],
+            s0 = in(reg) $sc[0],
+            s1 = in(reg) $sc[1],
+            s2 = in(reg) $sc[2],
+            a0 = in(reg) $a[0],
+            a1 = in(reg) $a[1],
+            a2 = in(reg) $a[2],
+            a3 = in(reg) $a[3],
+            off = in(reg) $off,
+            w0 = out(ymm_reg) _,
+            w1 = out(ymm_reg) _,
+            t = out(ymm_reg) _,
+            u = out(ymm_reg) _,
+            c00 = inout(ymm_reg) $acc[0][0],
+            c01 = inout(ymm_reg) $acc[0][1],
+            c02 = inout(ymm_reg) $acc[0][2],
+            c03 = inout(ymm_reg) $acc[0][3],
+            c10 = inout(ymm_reg) $acc[1][0],
+            c11 = inout(ymm_reg) $acc[1][1],
+            c12 = inout(ymm_reg) $acc[1][2],
+            c13 = inout(ymm_reg) $acc[1][3],
+            c20 = inout(ymm_reg) $acc[2][0],
+            c21 = inout(ymm_reg) $acc[2][1],
+            c22 = inout(ymm_reg) $acc[2][2],
+            c23 = inout(ymm_reg) $acc[2][3],
+            options(nostack, preserves_flags, readonly, pure),
+        )
+    };
+}
+
+/// [`kstep16!`] on VNNI: one `vpdpbusd` per column adds the step's products straight into
+/// i32 lanes. An i32 lane is the i16 lane pair `2 j, 2 j + 1`, i.e. Q4_K sub-block `j`
+/// (`qgemm::kpos`), so the super-block's sums per sub-block are the AVX2 tile's pair sums,
+/// exactly, and the scales are applied once by `vpmulld`. 16 registers: 12 accumulators, the
+/// weight vector (no temporary).
+macro_rules! kstep16v {
+    ($acc:ident, $q:ident, $a:ident, $off:expr) => {
+        std::arch::asm!(
+            "vmovdqu {w}, ymmword ptr [{q0} + {off}]",
+            "vpdpbusd {c00}, {w}, ymmword ptr [{a0} + {off}]",
+            "vpdpbusd {c01}, {w}, ymmword ptr [{a1} + {off}]",
+            "vpdpbusd {c02}, {w}, ymmword ptr [{a2} + {off}]",
+            "vpdpbusd {c03}, {w}, ymmword ptr [{a3} + {off}]",
+            "vmovdqu {w}, ymmword ptr [{q1} + {off}]",
+            "vpdpbusd {c10}, {w}, ymmword ptr [{a0} + {off}]",
+            "vpdpbusd {c11}, {w}, ymmword ptr [{a1} + {off}]",
+            "vpdpbusd {c12}, {w}, ymmword ptr [{a2} + {off}]",
+            "vpdpbusd {c13}, {w}, ymmword ptr [{a3} + {off}]",
+            "vmovdqu {w}, ymmword ptr [{q2} + {off}]",
+            "vpdpbusd {c20}, {w}, ymmword ptr [{a0} + {off}]",
+            "vpdpbusd {c21}, {w}, ymmword ptr [{a1} + {off}]",
+            "vpdpbusd {c22}, {w}, ymmword ptr [{a2} + {off}]",
+            "vpdpbusd {c23}, {w}, ymmword ptr [{a3} + {off}]",
+            q0 = in(reg) $q[0],
+            q1 = in(reg) $q[1],
+            q2 = in(reg) $q[2],
+            a0 = in(reg) $a[0],
+            a1 = in(reg) $a[1],
+            a2 = in(reg) $a[2],
+            a3 = in(reg) $a[3],
+            off = in(reg) $off,
+            w = out(ymm_reg) _,
+            c00 = inout(ymm_reg) $acc[0][0],
+            c01 = inout(ymm_reg) $acc[0][1],
+            c02 = inout(ymm_reg) $acc[0][2],
+            c03 = inout(ymm_reg) $acc[0][3],
+            c10 = inout(ymm_reg) $acc[1][0],
+            c11 = inout(ymm_reg) $acc[1][1],
+            c12 = inout(ymm_reg) $acc[1][2],
+            c13 = inout(ymm_reg) $acc[1][3],
+            c20 = inout(ymm_reg) $acc[2][0],
+            c21 = inout(ymm_reg) $acc[2][1],
+            c22 = inout(ymm_reg) $acc[2][2],
+            c23 = inout(ymm_reg) $acc[2][3],
+            options(nostack, preserves_flags, readonly, pure),
+        )
+    };
+}
+
 /// The k-quant tile; `Q4K`: the steps summed in i16 ([`kstep16!`]), else scaled per two
-/// steps ([`kstep2!`]).
+/// steps ([`kstep2!`]); `V`: their VNNI forms ([`kstep16v!`], [`kstep2v!`]), whose i32 sums,
+/// and so results, are bitwise the AVX2 ones.
 ///
-/// SAFETY (caller): avx2+fma available; operand lengths as checked by [`tile`].
+/// SAFETY (caller): avx2+fma available, and AVX-512 VNNI (VL) if `V`; operand lengths as
+/// checked by [`tile`].
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel<const Q4K: bool>(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
+unsafe fn kernel<const Q4K: bool, const V: bool>(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
     const _: () = assert!(
         TILE_R == 3 && TILE_C == 4,
         "kstep2! and kstep16! are written for a 3 x 4 tile"
@@ -402,13 +604,26 @@ unsafe fn kernel<const Q4K: bool>(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
                 sc[1].add(s * SC_LANES),
                 sc[2].add(s * SC_LANES),
             ];
-            if Q4K {
-                for k in 0..QK_K / 32 {
-                    kstep16!(acc, q, a, s * QK_K + 32 * k);
+            match (Q4K, V) {
+                (true, false) => {
+                    for k in 0..QK_K / 32 {
+                        kstep16!(acc, q, a, s * QK_K + 32 * k);
+                    }
                 }
-            } else {
-                for k in 0..QK_K / 64 {
-                    kstep2!(acc, q, scs, a, s * QK_K + 64 * k);
+                (true, true) => {
+                    for k in 0..QK_K / 32 {
+                        kstep16v!(acc, q, a, s * QK_K + 32 * k);
+                    }
+                }
+                (false, false) => {
+                    for k in 0..QK_K / 64 {
+                        kstep2!(acc, q, scs, a, s * QK_K + 64 * k);
+                    }
+                }
+                (false, true) => {
+                    for k in 0..QK_K / 64 {
+                        kstep2v!(acc, q, scs, a, s * QK_K + 64 * k);
+                    }
                 }
             }
             // Four columns' accumulators into one vector per row (each lane from one column's
@@ -417,7 +632,19 @@ unsafe fn kernel<const Q4K: bool>(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
             let bs = [0, 1, 2, 3]
                 .map(|c| _mm256_loadu_si256(t.bs[c].as_ptr().add(16 * s) as *const __m256i));
             for r in 0..TILE_R {
-                let h = if Q4K {
+                let h = if Q4K && V {
+                    // Lanes 2 j and 2 j + 1 hold sub-block j's scale (Q4_K's are 6-bit, the
+                    // panel repeats each in both lanes): the low word of i32 lane j,
+                    // sign-extended, is it.
+                    let scv = _mm256_loadu_si256(scs[r] as *const __m256i);
+                    let sc32 = _mm256_srai_epi32::<16>(_mm256_slli_epi32::<16>(scv));
+                    fold4([
+                        _mm256_mullo_epi32(acc[r][0], sc32),
+                        _mm256_mullo_epi32(acc[r][1], sc32),
+                        _mm256_mullo_epi32(acc[r][2], sc32),
+                        _mm256_mullo_epi32(acc[r][3], sc32),
+                    ])
+                } else if Q4K {
                     let scv = _mm256_loadu_si256(scs[r] as *const __m256i);
                     fold4([
                         _mm256_madd_epi16(acc[r][0], scv),
@@ -610,8 +837,15 @@ pub(crate) fn tile32(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
         && (pairs == 0 || t.da.len() >= (pairs - 1) * t.da_stride + 2 * TILE_C)
         && (pairs == 0 || t.bias.len() >= (pairs - 1) * t.da_stride + 2 * TILE_C);
     assert!(ok, "qgemm tile32 operands shorter than nsb = {}", t.nsb);
-    // SAFETY: as for `tile` (handed out only on AVX2; lengths checked above).
-    unsafe { kernel32(t) }
+    // SAFETY: as for `tile` (handed out only on AVX2; lengths checked above; VNNI only where
+    // `vnni()` confirmed it).
+    unsafe {
+        if crate::isa::vnni() {
+            kernel32::<true>(t)
+        } else {
+            kernel32::<false>(t)
+        }
+    }
 }
 
 /// One weight row's block pair against the tile's 4 activation rows: per column the two
@@ -662,6 +896,51 @@ unsafe fn pair_dots(w: *const u8, a: [*const i8; TILE_C], off: usize) -> [__m256
     [p0, p1, p2, p3]
 }
 
+/// [`pair_dots`] on VNNI: per column two `vpdpbusd` from zero, so each i32 lane holds the
+/// exact sum of its 8 products (the AVX2 form's i16 lane pair, exactly; see [`kernel32`]).
+///
+/// SAFETY (caller): avx2 and AVX-512 VNNI (VL) available; 64 bytes readable at `w` and at
+/// each `a[c] + off`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pair_dots_v(w: *const u8, a: [*const i8; TILE_C], off: usize) -> [__m256i; TILE_C] {
+    let (p0, p1, p2, p3);
+    // SAFETY: per the caller's contract; reads only.
+    unsafe {
+        std::arch::asm!(
+            "vmovdqu {w1}, ymmword ptr [{w}]",
+            "vmovdqu {w2}, ymmword ptr [{w} + 32]",
+            "vpxor {p0}, {p0}, {p0}",
+            "vpdpbusd {p0}, {w1}, ymmword ptr [{a0} + {off}]",
+            "vpdpbusd {p0}, {w2}, ymmword ptr [{a0} + {off} + 32]",
+            "vpxor {p1}, {p1}, {p1}",
+            "vpdpbusd {p1}, {w1}, ymmword ptr [{a1} + {off}]",
+            "vpdpbusd {p1}, {w2}, ymmword ptr [{a1} + {off} + 32]",
+            "vpxor {p2}, {p2}, {p2}",
+            "vpdpbusd {p2}, {w1}, ymmword ptr [{a2} + {off}]",
+            "vpdpbusd {p2}, {w2}, ymmword ptr [{a2} + {off} + 32]",
+            "vpxor {p3}, {p3}, {p3}",
+            "vpdpbusd {p3}, {w1}, ymmword ptr [{a3} + {off}]",
+            "vpdpbusd {p3}, {w2}, ymmword ptr [{a3} + {off} + 32]",
+            w = in(reg) w,
+            a0 = in(reg) a[0],
+            a1 = in(reg) a[1],
+            a2 = in(reg) a[2],
+            a3 = in(reg) a[3],
+            off = in(reg) off,
+            w1 = out(ymm_reg) _,
+            w2 = out(ymm_reg) _,
+            p0 = out(ymm_reg) p0,
+            p1 = out(ymm_reg) p1,
+            p2 = out(ymm_reg) p2,
+            p3 = out(ymm_reg) p3,
+            // Not `pure`: ordered with `row_done`, as `pair_dots`.
+            options(nostack, preserves_flags, readonly),
+        );
+    }
+    [p0, p1, p2, p3]
+}
+
 /// Orders `kernel32`'s rows: an empty `asm!` with side effects that "modifies" the row's
 /// accumulator after its FMA. With `pair_dots` also ordered, row r + 1's products start only
 /// once row r is folded; left free, LLVM formed all three rows' products first and spilled
@@ -706,9 +985,13 @@ pub(crate) fn fold_halves_i16(p: [__m256i; 4], ones: __m256i) -> __m256i {
 /// cannot overflow: quants <= 31 and |activations| <= 127 give at most 4 * 2 * 31 * 127 =
 /// 31496 per lane before `vpmaddwd`.
 ///
-/// SAFETY (caller): avx2+fma available; operand lengths as checked by [`tile32`].
+/// `V`: the products by [`pair_dots_v`] (i32 lanes, 4 per block and column) and folded by
+/// [`fold4`]: the same block sums, so bitwise the same results.
+///
+/// SAFETY (caller): avx2+fma available, and AVX-512 VNNI (VL) if `V`; operand lengths as
+/// checked by [`tile32`].
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel32(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
+unsafe fn kernel32<const V: bool>(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
     let q = [t.q[0].as_ptr(), t.q[1].as_ptr(), t.q[2].as_ptr()];
     let a = [
         t.a[0].as_ptr(),
@@ -725,8 +1008,12 @@ unsafe fn kernel32(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
             let da = _mm256_loadu_ps(t.da.as_ptr().add(j * t.da_stride));
             let bias = _mm256_loadu_si256(t.bias.as_ptr().add(j * t.da_stride) as *const __m256i);
             for r in 0..TILE_R {
-                let p = pair_dots(q[r].add(off), a, off);
-                let s = _mm256_sub_epi32(fold_halves_i16(p, ones), bias);
+                let sum = if V {
+                    fold4(pair_dots_v(q[r].add(off), a, off))
+                } else {
+                    fold_halves_i16(pair_dots(q[r].add(off), a, off), ones)
+                };
+                let s = _mm256_sub_epi32(sum, bias);
                 // dw[2j] in lanes 0-3 and dw[2j + 1] in 4-7, as stored (`dw_per_unit`).
                 let dw = _mm256_loadu_ps(t.dw[r].as_ptr().add(8 * j));
                 facc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, da), facc[r]);
