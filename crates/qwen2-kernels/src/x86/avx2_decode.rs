@@ -192,12 +192,35 @@ macro_rules! unroll8 {
 }
 
 macro_rules! q32_tile {
-    ($kernel:ident, $ts:expr, |$xp:ident| $decode:expr) => {
+    ($kernel:ident, $kernel_v:ident, $ts:expr, |$xp:ident| $decode:expr) => {
         /// SAFETY (caller): avx2+fma+f16c available; each `w[r]` has `nb` blocks of $ts bytes,
         /// each `a[c]` `nb` Q8_0 blocks and each `ad[c]` `nb` f32 scales.
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn $kernel<const R: usize, const C: usize>(
+            nb: usize,
+            w: [*const u8; R],
+            a: [*const u8; C],
+            ad: [*const f32; C],
+        ) -> [[f32; C]; R] {
+            // SAFETY: per the caller's contract; VNNI only where `vnni()` confirmed it.
+            unsafe {
+                if crate::isa::vnni() {
+                    $kernel_v::<R, C, true>(nb, w, a, ad)
+                } else {
+                    $kernel_v::<R, C, false>(nb, w, a, ad)
+                }
+            }
+        }
+
+        /// The body; `V`: each block's products summed by one `vpdpbusd` from zero instead of
+        /// `vpmaddubsw` + `vpmaddwd` (the same i32 lane sums: the pair sums of `|x| * y`, at
+        /// most 2 * 128 * 127 = 32512 in magnitude, do not saturate), so bitwise the same.
+        ///
+        /// SAFETY (caller): as the entry's, and AVX-512 VNNI (VL) if `V`.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $kernel_v<const R: usize, const C: usize, const V: bool>(
             nb: usize,
             w: [*const u8; R],
             a: [*const u8; C],
@@ -218,8 +241,13 @@ macro_rules! q32_tile {
                     let ax = _mm256_sign_epi8(x, x);
                     for c in 0..C {
                         let y = loadu(a[c].add(b * 34 + 2));
-                        let dot = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(y, x));
-                        let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(dot, ones));
+                        let i = if V {
+                            dpbusd(_mm256_setzero_si256(), ax, _mm256_sign_epi8(y, x))
+                        } else {
+                            let dot = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(y, x));
+                            _mm256_madd_epi16(dot, ones)
+                        };
+                        let p = _mm256_cvtepi32_ps(i);
                         acc[c] = _mm256_fmadd_ps(d[c], p, acc[c]);
                     }
                 };
@@ -284,12 +312,12 @@ macro_rules! q32_tile {
     };
 }
 
-q32_tile!(q8_0_k, 34, |xp| loadu(xp.add(2)));
-q32_tile!(q4_0_k, 18, |xp| _mm256_sub_epi8(
+q32_tile!(q8_0_k, q8_0_kv, 34, |xp| loadu(xp.add(2)));
+q32_tile!(q4_0_k, q4_0_kv, 18, |xp| _mm256_sub_epi8(
     nibbles_32(xp.add(2)),
     _mm256_set1_epi8(8)
 ));
-q32_tile!(q5_0_k, 22, |xp| {
+q32_tile!(q5_0_k, q5_0_kv, 22, |xp| {
     let qh = std::ptr::read_unaligned(xp.add(2) as *const u32);
     let hi = _mm256_andnot_si256(bytes_from_bits_32(qh), _mm256_set1_epi8(0xF0u8 as i8));
     _mm256_or_si256(nibbles_32(xp.add(6)), hi)
@@ -475,6 +503,28 @@ pub(crate) unsafe fn q6_k_k<const R: usize, const C: usize>(
     nb: usize,
     w: [*const u8; R],
     a: [*const u8; C],
+    ad: [*const f32; C],
+) -> [[f32; C]; R] {
+    // SAFETY: per the caller's contract; VNNI only where `vnni()` confirmed it.
+    unsafe {
+        if crate::isa::vnni() {
+            q6_k_kv::<R, C, true>(nb, w, a, ad)
+        } else {
+            q6_k_kv::<R, C, false>(nb, w, a, ad)
+        }
+    }
+}
+
+/// [`q6_k_k`]'s body; `V`: the group scales applied and accumulated by one `vpdpwssd` (the
+/// exact i32 result of `vpmaddwd` + `vpaddd`), so bitwise the AVX2 form.
+///
+/// SAFETY (caller): as [`q6_k_k`], and AVX-512 VNNI (VL) if `V`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q6_k_kv<const R: usize, const C: usize, const V: bool>(
+    nb: usize,
+    w: [*const u8; R],
+    a: [*const u8; C],
     _ad: [*const f32; C],
 ) -> [[f32; C]; R] {
     let m4 = _mm256_set1_epi8(0x0F);
@@ -531,7 +581,11 @@ pub(crate) unsafe fn q6_k_k<const R: usize, const C: usize>(
                         for c in 0..C {
                             let q8 = a[c].add(i * 292 + 4 + 128 * half + 32 * k);
                             let p = _mm256_maddubs_epi16(v, loadu(q8));
-                            sumi[c] = _mm256_add_epi32(sumi[c], _mm256_madd_epi16(p, s));
+                            sumi[c] = if V {
+                                dpwssd(sumi[c], p, s)
+                            } else {
+                                _mm256_add_epi32(sumi[c], _mm256_madd_epi16(p, s))
+                            };
                         }
                         fence(&mut sumi);
                     }
@@ -583,6 +637,27 @@ pub(crate) unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
             acc = inout(ymm_reg) acc,
             u = in(ymm_reg) u,
             s = in(ymm_reg) s,
+            options(pure, nomem, nostack, preserves_flags),
+        )
+    };
+    acc
+}
+
+/// `acc + a[2i] * b[2i] + a[2i+1] * b[2i+1]` per i32 lane: AVX-512 VNNI's 256-bit `vpdpwssd`
+/// (the exact result of the `vpmaddwd` + `vpaddd` pair it replaces).
+///
+/// SAFETY (caller): AVX-512 VNNI (VL) available.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn dpwssd(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    let mut acc = acc;
+    // SAFETY: a register-only instruction, available per the caller's contract.
+    unsafe {
+        std::arch::asm!(
+            "vpdpwssd {acc}, {a}, {b}",
+            acc = inout(ymm_reg) acc,
+            a = in(ymm_reg) a,
+            b = in(ymm_reg) b,
             options(pure, nomem, nostack, preserves_flags),
         )
     };
@@ -1350,6 +1425,70 @@ mod tests {
                         bits(x),
                         bits(v),
                         "Q4KR nb={nb} rows {i}.. extreme={extreme}"
+                    );
+                }
+            }
+            // Q6_K: random blocks with d = 1/16 (f16 at byte 208), or every quant 63; Q8_K
+            // activations.
+            for nb in [1usize, 3] {
+                let mut w = vec![0u8; nb * 210];
+                for (k, b) in w.iter_mut().enumerate() {
+                    *b = match k % 210 {
+                        208 => 0x00,
+                        209 => 0x2C,
+                        0..192 if extreme => 0xFF,
+                        _ => byte(),
+                    };
+                }
+                for i in [0usize, 50, 120, 165] {
+                    let acts = cols(i, nb * 256, GgmlType::Q8K);
+                    let ap = std::array::from_fn(|c| acts[c].as_ptr());
+                    let ad = [std::ptr::null(); 4];
+                    // SAFETY: avx2 and VNNI present; `nb` blocks per row.
+                    let (x, v) = unsafe {
+                        (
+                            q6_k_kv::<1, 4, false>(nb, [w.as_ptr()], ap, ad)[0],
+                            q6_k_kv::<1, 4, true>(nb, [w.as_ptr()], ap, ad)[0],
+                        )
+                    };
+                    assert_eq!(
+                        bits(x),
+                        bits(v),
+                        "Q6_K nb={nb} rows {i}.. extreme={extreme}"
+                    );
+                }
+            }
+            // Q8_0: random quants, or all -128 (|x| = 128, the largest pair sums), d = 1/16;
+            // Q8_0 activations with their f32 scales.
+            for nb in [1usize, 8, 28] {
+                let mut w = vec![0u8; nb * 34];
+                for (k, b) in w.iter_mut().enumerate() {
+                    *b = match k % 34 {
+                        0 => 0x00,
+                        1 => 0x2C,
+                        _ if extreme => 0x80,
+                        _ => byte(),
+                    };
+                }
+                for i in [0usize, 50, 120, 165] {
+                    let acts = cols(i, nb * 32, GgmlType::Q8_0);
+                    let ds: Vec<Vec<f32>> = acts
+                        .iter()
+                        .map(|q| (0..nb).map(|b| crate::scalar::f16_at(q, 34 * b)).collect())
+                        .collect();
+                    let ap = std::array::from_fn(|c| acts[c].as_ptr());
+                    let dp = std::array::from_fn(|c| ds[c].as_ptr());
+                    // SAFETY: avx2 and VNNI present; `nb` blocks and scales per row.
+                    let (x, v) = unsafe {
+                        (
+                            q8_0_kv::<1, 4, false>(nb, [w.as_ptr()], ap, dp)[0],
+                            q8_0_kv::<1, 4, true>(nb, [w.as_ptr()], ap, dp)[0],
+                        )
+                    };
+                    assert_eq!(
+                        bits(x),
+                        bits(v),
+                        "Q8_0 nb={nb} rows {i}.. extreme={extreme}"
                     );
                 }
             }
