@@ -74,10 +74,11 @@ fn best_isa() -> Isa {
     available_isas().into_iter().max().unwrap_or(Isa::Scalar)
 }
 
-/// The AVX-512 kernels were written on an AVX2-only machine: compile-checked, not yet run.
-/// Until `cargo test -p qwen2-kernels` has passed on an AVX-512 VNNI CPU (the twin tests cover
-/// every available ISA automatically) and this is flipped to `true`, default dispatch stops at
-/// AVX2 and AVX-512 is used only when requested with `QWEN2_ISA=avx512`.
+/// Whether default dispatch goes up to `Isa::Avx512` (its own `vec_dot` kernels for Q8_0,
+/// Q5_0 and Q4_K, with other rounding than AVX2's). Their twin tests pass on an AVX-512 VNNI
+/// CPU (AMD Zen 4, 2026-11-29), but the level stays opt-in (`QWEN2_ISA=avx512`): those formats
+/// then leave the multi-row decode tiles for per-pair `vec_dot`, while the AVX2 tiles already
+/// run their integer steps on VNNI where the CPU has it ([`vnni`]), bitwise as on AVX2.
 const AVX512_VERIFIED: bool = false;
 
 /// The ISA the kernels use: the best available, lowered by `QWEN2_ISA=scalar|avx2|avx512`

@@ -594,6 +594,14 @@ struct PanelBufs {
     om: Vec<i16>,
     dm: Vec<f32>,
     res: Vec<f32>,
+    /// One row's unpacked quants and scales before they are interleaved (VNNI 8-row panels),
+    /// and the Q4_K 8-row panels' i32 scales and offset pairs.
+    tq: Vec<u8>,
+    td: Vec<f32>,
+    tsc: Vec<i16>,
+    tom: Vec<i16>,
+    sc32: Vec<i32>,
+    om32: Vec<i32>,
 }
 
 thread_local! {
@@ -638,9 +646,19 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
     // Panel bytes per row and k-block: quants + group scales + unit scales + offsets.
     let per_row = kbp * (f.unit + 2 * scales + 4 + 2 * oms + 4 * dms);
     let threads = rayon::current_num_threads().max(1);
-    let by_cache = ((128 << 10) / per_row).max(QTILE_R);
-    let by_par = rows.div_ceil(threads * 4).max(QTILE_R);
-    let chunk = (by_cache.min(by_par) / QTILE_R).max(1) * QTILE_R;
+    // 32-value blocks on VNNI: panels of 8 interleaved rows (`x86::vnni_qgemm`).
+    // Q4_K likewise (`vnni_qgemm::strip_k`); Q6_K keeps the 3-row tile.
+    #[cfg(target_arch = "x86_64")]
+    let (x8, k8) = (
+        !f.kquant && crate::isa::vnni(),
+        matches!(ty, GgmlType::Q4K | GgmlType::Q4KR) && crate::isa::vnni(),
+    );
+    #[cfg(not(target_arch = "x86_64"))]
+    let (x8, k8) = (false, false);
+    let rows_per_tile = if x8 || k8 { 8 } else { QTILE_R };
+    let by_cache = ((128 << 10) / per_row).max(rows_per_tile);
+    let by_par = rows.div_ceil(threads * 4).max(rows_per_tile);
+    let chunk = (by_cache.min(by_par) / rows_per_tile).max(1) * rows_per_tile;
     let n_chunks = rows.div_ceil(chunk);
     let optr = OutPtr(out.as_mut_ptr());
     let acts = &acts;
@@ -653,12 +671,40 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
         let r0 = ci * chunk;
         let r1 = (r0 + chunk).min(rows);
         let nr = r1 - r0;
-        let pq = at_least(&mut bufs.q, nr * kbp * f.unit);
+        // Panel rows: the VNNI 8-row groups pad the chunk to whole groups.
+        let nrp = if x8 || k8 { nr.next_multiple_of(8) } else { nr };
+        let pq = at_least(&mut bufs.q, nrp * kbp * f.unit);
         let psc = at_least(&mut bufs.sc, nr * kb * scales);
         let dpu = dw_per_unit(f.unit);
-        let pd = at_least(&mut bufs.d, nr * kbp * dpu);
+        let pd = at_least(&mut bufs.d, nrp * kbp * dpu);
+        let (tq, td) = if x8 {
+            (
+                at_least(&mut bufs.tq, kbp * f.unit),
+                at_least(&mut bufs.td, kbp),
+            )
+        } else if k8 {
+            (at_least(&mut bufs.tq, QK_K), &mut [][..])
+        } else {
+            (&mut [][..], &mut [][..])
+        };
+        let (tsc, tom) = if k8 {
+            (at_least(&mut bufs.tsc, 16), at_least(&mut bufs.tom, 16))
+        } else {
+            (&mut [][..], &mut [][..])
+        };
+        // Q4_K 8-row panels: 64 i32 scales and offset pairs per super-block and group (`pd`
+        // and `pdm` hold 8 per super-block and group).
+        let (psc32, pom32) = if k8 {
+            (
+                at_least(&mut bufs.sc32, nrp * kbp * 8),
+                at_least(&mut bufs.om32, nrp * kbp * 8),
+            )
+        } else {
+            (&mut [][..], &mut [][..])
+        };
+
         let pom = at_least(&mut bufs.om, nr * kbp * oms);
-        let pdm = at_least(&mut bufs.dm, nr * kbp * dms);
+        let pdm = at_least(&mut bufs.dm, nrp * kbp * dms);
         // The chunk's results, `[batch][nr]`, summed over k-blocks here (contiguous, cache
         // resident) and stored to `out` once.
         let res = at_least(&mut bufs.res, batch * nr);
@@ -670,7 +716,65 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
             let ns = s1 - s0;
             // 32-value blocks: an odd last block pairs with a zero block (q = 0, d = 0).
             let nsp = if f.kquant { ns } else { ns.next_multiple_of(2) };
-            for r in 0..nr {
+            #[cfg(target_arch = "x86_64")]
+            if x8 {
+                use crate::x86::vnni_qgemm::{scatter_row, zero_row, BLOCK_BYTES, GROUP};
+                for g in 0..nrp / GROUP {
+                    let gq = &mut pq[g * kbp * BLOCK_BYTES..(g + 1) * kbp * BLOCK_BYTES];
+                    let gd = &mut pd[g * kbp * GROUP..(g + 1) * kbp * GROUP];
+                    for rr in 0..GROUP {
+                        let r = g * GROUP + rr;
+                        if r >= nr {
+                            zero_row(nsp, rr, gq, gd);
+                            continue;
+                        }
+                        let row = w.row(r0 + r);
+                        let (tq, td) = (&mut tq[..nsp * 32], &mut td[..nsp]);
+                        // An odd last block's pad mate is zeros (see below).
+                        if nsp > ns {
+                            tq[(nsp - 2) * 32..].fill(0);
+                        }
+                        td[ns..].fill(0.0);
+                        (k.unpack32)(ty, &row[s0 * ts..s1 * ts], tq, &mut td[..ns]);
+                        scatter_row(nsp, tq, td, rr, gq, gd);
+                    }
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            if k8 {
+                use crate::x86::vnni_qgemm::{
+                    scatter_row_k, zero_row_k, GroupK, GROUP, KBLOCK_BYTES, KSCALES,
+                };
+                for g in 0..nrp / GROUP {
+                    let mut gk = GroupK {
+                        q: &mut pq[g * kbp * KBLOCK_BYTES..(g + 1) * kbp * KBLOCK_BYTES],
+                        sc: &mut psc32[g * kbp * KSCALES..(g + 1) * kbp * KSCALES],
+                        om: &mut pom32[g * kbp * KSCALES..(g + 1) * kbp * KSCALES],
+                        d: &mut pd[g * kbp * GROUP..(g + 1) * kbp * GROUP],
+                        dm: &mut pdm[g * kbp * GROUP..(g + 1) * kbp * GROUP],
+                    };
+                    for rr in 0..GROUP {
+                        let r = g * GROUP + rr;
+                        for i in 0..ns {
+                            if r >= nr {
+                                zero_row_k(i, rr, &mut gk);
+                                continue;
+                            }
+                            let row = w.row(r0 + r);
+                            let s = s0 + i;
+                            let ds = (k.unpack)(
+                                ty,
+                                &row[s * ts..(s + 1) * ts],
+                                &mut tq[..QK_K],
+                                &mut tsc[..16],
+                                &mut tom[..16],
+                            );
+                            scatter_row_k(i, tq, tsc, tom, ds, rr, &mut gk);
+                        }
+                    }
+                }
+            }
+            for r in 0..if x8 || k8 { 0 } else { nr } {
                 let row = w.row(r0 + r);
                 let (q, d) = (
                     &mut pq[r * kbp * f.unit..],
@@ -712,6 +816,53 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
                 } else {
                     (s0 / 2 * 2 * acts.bp + 2 * c0, 2 * acts.bp)
                 };
+                #[cfg(target_arch = "x86_64")]
+                if x8 {
+                    use crate::x86::vnni_qgemm::{Strip8, BLOCK_BYTES, GROUP};
+                    let s8 = Strip8 {
+                        nsb: nsp,
+                        rows: nr,
+                        nc,
+                        q: pq,
+                        q_stride: kbp * BLOCK_BYTES,
+                        d: pd,
+                        d_stride: kbp * GROUP,
+                        a,
+                        da: &acts.d[at..],
+                        da_stride,
+                        bias: &acts.bias[at..],
+                    };
+                    crate::x86::vnni_qgemm::strip(&s8, &mut res[c0 * nr..]);
+                    c0 += nc;
+                    continue;
+                }
+                #[cfg(target_arch = "x86_64")]
+                if k8 {
+                    use crate::x86::vnni_qgemm::{StripK8, GROUP, KBLOCK_BYTES, KSCALES};
+                    let sk = StripK8 {
+                        nsb: ns,
+                        rows: nr,
+                        nc,
+                        q: pq,
+                        q_stride: kbp * KBLOCK_BYTES,
+                        sc: psc32,
+                        om: pom32,
+                        sc_stride: kbp * KSCALES,
+                        d: pd,
+                        dm: pdm,
+                        d_stride: kbp * GROUP,
+                        a,
+                        bs: std::array::from_fn(|i| {
+                            let c = (c0 + i.min(nc - 1)) * nu;
+                            &acts.bsum[(c + s0) * 16..(c + s1) * 16]
+                        }),
+                        da: &acts.d[at..],
+                        da_stride,
+                    };
+                    crate::x86::vnni_qgemm::strip_k(&sk, &mut res[c0 * nr..]);
+                    c0 += nc;
+                    continue;
+                }
                 let s = QStrip {
                     nsb: nsp,
                     unit: f.unit,
@@ -1219,6 +1370,238 @@ mod tests {
                 let [a, v] = tile_forms(&o.args(), 2);
                 assert_eq!(bits(a), bits(v), "tile32 nsb={nsb} extreme={extreme}");
             }
+        }
+    }
+
+    /// The VNNI 8-row strip for 32-value blocks against the scalar twin's strip, bitwise:
+    /// partial row groups (zero pad rows), partial column groups, several k-block lengths,
+    /// activations at both ends of the int8 range and results added onto existing values.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vnni_strip8_equals_scalar_twin_bitwise() {
+        use crate::x86::vnni_qgemm::{scatter_row, strip, zero_row, Strip8, BLOCK_BYTES, GROUP};
+        if !crate::isa::vnni_available() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        let mut seed = 41;
+        for (nsb, rows, nc) in [(2, 1, 1), (2, 8, 4), (4, 13, 3), (28, 20, 4), (10, 7, 2)] {
+            let qs = nsb * 32;
+            let q: Vec<u8> = (0..rows * qs)
+                .map(|_| (lcg(&mut seed) % 32) as u8)
+                .collect();
+            let dwb: Vec<f32> = (0..rows * nsb)
+                .map(|_| (lcg(&mut seed) % 100) as f32 * 1e-4)
+                .collect();
+            let mut dw = vec![0.0f32; rows * nsb * 4];
+            for (i, &v) in dwb.iter().enumerate() {
+                dw[4 * i..4 * i + 4].fill(v);
+            }
+            let a: Vec<Vec<i8>> = (0..TILE_C)
+                .map(|c| {
+                    (0..qs)
+                        .map(|_| match c {
+                            0 => 127,
+                            1 => -128,
+                            _ => lcg(&mut seed) as i8,
+                        })
+                        .collect()
+                })
+                .collect();
+            let m = nsb / 2 * 8;
+            let da: Vec<f32> = (0..m)
+                .map(|_| (lcg(&mut seed) % 100) as f32 * 1e-3)
+                .collect();
+            let bias: Vec<i32> = (0..m)
+                .map(|_| (lcg(&mut seed) % 8129) as i32 - 4064)
+                .collect();
+            let old = QStrip {
+                nsb,
+                unit: 32,
+                rows,
+                nc,
+                q: &q,
+                q_stride: qs,
+                sc: &[],
+                sc_stride: 0,
+                dw: &dw,
+                dw_stride: nsb * 4,
+                om: &[],
+                dm: &[],
+                bs: [&[]; TILE_C],
+                a: std::array::from_fn(|c| &a[c][..]),
+                da: &da,
+                da_stride: 8,
+                bias: &bias,
+            };
+            let groups = rows.div_ceil(GROUP);
+            let mut q8 = vec![0xAAu8; groups * nsb * BLOCK_BYTES];
+            let mut d8 = vec![f32::NAN; groups * nsb * GROUP];
+            for g in 0..groups {
+                let gq = &mut q8[g * nsb * BLOCK_BYTES..(g + 1) * nsb * BLOCK_BYTES];
+                let gd = &mut d8[g * nsb * GROUP..(g + 1) * nsb * GROUP];
+                for rr in 0..GROUP {
+                    let r = g * GROUP + rr;
+                    if r < rows {
+                        scatter_row(nsb, &q[r * qs..], &dwb[r * nsb..], rr, gq, gd);
+                    } else {
+                        zero_row(nsb, rr, gq, gd);
+                    }
+                }
+            }
+            let new = Strip8 {
+                nsb,
+                rows,
+                nc,
+                q: &q8,
+                q_stride: nsb * BLOCK_BYTES,
+                d: &d8,
+                d_stride: nsb * GROUP,
+                a: old.a,
+                da: &da,
+                da_stride: 8,
+                bias: &bias,
+            };
+            let init: Vec<f32> = (0..nc * rows).map(|i| i as f32 * 0.25 - 1.0).collect();
+            let (mut got, mut want) = (init.clone(), init.clone());
+            strip(&new, &mut got);
+            strip_with(tile32_scalar, &old, &mut want);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "nsb={nsb} rows={rows} nc={nc}");
+        }
+    }
+
+    /// The VNNI 8-row Q4_K strip against the scalar twin's strip, bitwise: Q4_K-shaped
+    /// operands (4-bit quants, 6-bit scales repeated over a sub-block's two lanes, signed
+    /// offset multipliers), partial row and column groups, activations at both int8 ends.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vnni_strip_k8_equals_scalar_twin_bitwise() {
+        use crate::x86::vnni_qgemm::{
+            scatter_row_k, strip_k, zero_row_k, GroupK, StripK8, GROUP, KBLOCK_BYTES, KSCALES,
+        };
+        if !crate::isa::vnni_available() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        let mut seed = 43;
+        for (nsb, rows, nc) in [(1, 1, 1), (1, 8, 4), (2, 13, 3), (6, 20, 4), (3, 7, 2)] {
+            let qs = nsb * QK_K;
+            let q: Vec<u8> = (0..rows * qs)
+                .map(|_| (lcg(&mut seed) % 16) as u8)
+                .collect();
+            let sc: Vec<i16> = (0..rows * nsb * 8)
+                .flat_map(|_| {
+                    let v = (lcg(&mut seed) % 64) as i16;
+                    [v, v]
+                })
+                .collect();
+            let om: Vec<i16> = (0..rows * nsb * 16)
+                .map(|_| (lcg(&mut seed) % 256) as i16 - 128)
+                .collect();
+            let dw: Vec<f32> = (0..rows * nsb)
+                .map(|_| (lcg(&mut seed) % 100) as f32 * 1e-4)
+                .collect();
+            let dm: Vec<f32> = (0..rows * nsb)
+                .map(|_| (lcg(&mut seed) % 100) as f32 * 1e-4)
+                .collect();
+            let a: Vec<Vec<i8>> = (0..TILE_C)
+                .map(|c| {
+                    (0..qs)
+                        .map(|_| match c {
+                            0 => 127,
+                            1 => -128,
+                            _ => lcg(&mut seed) as i8,
+                        })
+                        .collect()
+                })
+                .collect();
+            let bs: Vec<Vec<i16>> = (0..TILE_C)
+                .map(|_| {
+                    (0..nsb * 16)
+                        .map(|_| (lcg(&mut seed) % 4065) as i16 - 2032)
+                        .collect()
+                })
+                .collect();
+            let da: Vec<f32> = (0..nsb * 4)
+                .map(|_| (lcg(&mut seed) % 100) as f32 * 1e-3)
+                .collect();
+            let old = QStrip {
+                nsb,
+                unit: QK_K,
+                rows,
+                nc,
+                q: &q,
+                q_stride: qs,
+                sc: &sc,
+                sc_stride: nsb * SC_LANES,
+                dw: &dw,
+                dw_stride: nsb,
+                om: &om,
+                dm: &dm,
+                bs: std::array::from_fn(|c| &bs[c][..]),
+                a: std::array::from_fn(|c| &a[c][..]),
+                da: &da,
+                da_stride: 4,
+                bias: &[],
+            };
+            let groups = rows.div_ceil(GROUP);
+            let mut q8 = vec![0xAAu8; groups * nsb * KBLOCK_BYTES];
+            let mut sc8 = vec![-7i32; groups * nsb * KSCALES];
+            let mut om8 = vec![-7i32; groups * nsb * KSCALES];
+            let mut d8 = vec![f32::NAN; groups * nsb * GROUP];
+            let mut dm8 = vec![f32::NAN; groups * nsb * GROUP];
+            for g in 0..groups {
+                let mut gk = GroupK {
+                    q: &mut q8[g * nsb * KBLOCK_BYTES..(g + 1) * nsb * KBLOCK_BYTES],
+                    sc: &mut sc8[g * nsb * KSCALES..(g + 1) * nsb * KSCALES],
+                    om: &mut om8[g * nsb * KSCALES..(g + 1) * nsb * KSCALES],
+                    d: &mut d8[g * nsb * GROUP..(g + 1) * nsb * GROUP],
+                    dm: &mut dm8[g * nsb * GROUP..(g + 1) * nsb * GROUP],
+                };
+                for rr in 0..GROUP {
+                    let r = g * GROUP + rr;
+                    for sb in 0..nsb {
+                        if r >= rows {
+                            zero_row_k(sb, rr, &mut gk);
+                            continue;
+                        }
+                        let u = r * nsb + sb;
+                        scatter_row_k(
+                            sb,
+                            &q[u * QK_K..],
+                            &sc[u * 16..],
+                            &om[u * 16..],
+                            (dw[u], dm[u]),
+                            rr,
+                            &mut gk,
+                        );
+                    }
+                }
+            }
+            let new = StripK8 {
+                nsb,
+                rows,
+                nc,
+                q: &q8,
+                q_stride: nsb * KBLOCK_BYTES,
+                sc: &sc8,
+                om: &om8,
+                sc_stride: nsb * KSCALES,
+                d: &d8,
+                dm: &dm8,
+                d_stride: nsb * GROUP,
+                a: old.a,
+                bs: old.bs,
+                da: &da,
+                da_stride: 4,
+            };
+            let init: Vec<f32> = (0..nc * rows).map(|i| i as f32 * 0.25 - 1.0).collect();
+            let (mut got, mut want) = (init.clone(), init.clone());
+            strip_k(&new, &mut got);
+            strip_with(tile_scalar, &old, &mut want);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "nsb={nsb} rows={rows} nc={nc}");
         }
     }
 
