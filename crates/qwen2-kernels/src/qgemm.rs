@@ -436,6 +436,13 @@ pub(crate) fn quant_k_scalar(x: &[f32], q: &mut [i8], sums: &mut [i16; 16]) -> f
     f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]])
 }
 
+/// `x` viewed as int8 (tests).
+#[cfg(test)]
+fn bytes_of(x: &[u8]) -> &[i8] {
+    // SAFETY: as for `bytes`.
+    unsafe { std::slice::from_raw_parts(x.as_ptr() as *const i8, x.len()) }
+}
+
 fn bytes(x: &[i8]) -> &[u8] {
     // SAFETY: i8 and u8 have the same size and alignment, and every bit pattern is valid.
     unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, x.len()) }
@@ -466,7 +473,15 @@ struct Acts {
 /// Quantizes each activation row on its own (batch invariance): per 256 values as Q8_K (the
 /// decode path's format, ggml's rounding) for the k-quants; per 32 values with an f32 scale
 /// `amax / 127` for 32-value blocks (Q8_0 without the f16 rounding of its scale).
-fn quantize_acts(x: &[f32], batch: usize, cols: usize, f: Format, k: &Kernels) -> Acts {
+/// `natural`: k-quant values stay in natural order (the VNNI Q6_K panels), not panel order.
+fn quantize_acts(
+    x: &[f32],
+    batch: usize,
+    cols: usize,
+    f: Format,
+    k: &Kernels,
+    natural: bool,
+) -> Acts {
     let (quant_k, quant32, perm_k) = (k.quant_k, k.quant32, k.perm_k);
     let nu = cols / f.unit;
     // 32-value blocks: rows padded to whole block pairs (the pad block is zeros).
@@ -492,7 +507,11 @@ fn quantize_acts(x: &[f32], batch: usize, cols: usize, f: Format, k: &Kernels) -
                     let qs = &mut q[s * QK_K..(s + 1) * QK_K];
                     let sums: &mut [i16; 16] = sums.try_into().expect("16 sums per unit");
                     d[s] = quant_k(&x[s * QK_K..(s + 1) * QK_K], &mut t, sums);
-                    perm_k(bytes(&t), bytes_mut(qs));
+                    if natural {
+                        qs.copy_from_slice(&t);
+                    } else {
+                        perm_k(bytes(&t), bytes_mut(qs));
+                    }
                 }
             } else {
                 let mut t = [0i8; 32];
@@ -627,7 +646,20 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
     let f = format(w.ty).expect("qgemm::supports was checked");
     let (rows, cols, ty) = (w.rows, w.cols, w.ty);
     let nu = cols / f.unit;
-    let acts = quantize_acts(x, batch, cols, f, &k);
+    // 32-value blocks and Q4_K on VNNI: panels of 8 interleaved rows (`x86::vnni_qgemm`);
+    // Q6_K too, with its activations in natural order.
+    #[cfg(target_arch = "x86_64")]
+    let (x8, k8, k6) = {
+        let v = crate::isa::vnni();
+        (
+            !f.kquant && v,
+            matches!(ty, GgmlType::Q4K | GgmlType::Q4KR) && v,
+            ty == GgmlType::Q6K && v,
+        )
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let (x8, k8, k6) = (false, false, false);
+    let acts = quantize_acts(x, batch, cols, f, &k, k6);
     // k-blocks bound the panel and a tile's activations; fixed by `cols` and the format alone.
     // k-quants: 4096 values (a 4864-value row in one block measured 1.1x faster than 1024-value
     // blocks: fewer strip passes and result updates outweigh L1 misses the L2 serves);
@@ -646,15 +678,8 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
     // Panel bytes per row and k-block: quants + group scales + unit scales + offsets.
     let per_row = kbp * (f.unit + 2 * scales + 4 + 2 * oms + 4 * dms);
     let threads = rayon::current_num_threads().max(1);
-    // 32-value blocks on VNNI: panels of 8 interleaved rows (`x86::vnni_qgemm`).
-    // Q4_K likewise (`vnni_qgemm::strip_k`); Q6_K keeps the 3-row tile.
-    #[cfg(target_arch = "x86_64")]
-    let (x8, k8) = (
-        !f.kquant && crate::isa::vnni(),
-        matches!(ty, GgmlType::Q4K | GgmlType::Q4KR) && crate::isa::vnni(),
-    );
-    #[cfg(not(target_arch = "x86_64"))]
-    let (x8, k8) = (false, false);
+    // Either 8-row panel for k-quants.
+    let k8 = k8 || k6;
     let rows_per_tile = if x8 || k8 { 8 } else { QTILE_R };
     let by_cache = ((128 << 10) / per_row).max(rows_per_tile);
     let by_par = rows.div_ceil(threads * 4).max(rows_per_tile);
@@ -696,7 +721,7 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
         // and `pdm` hold 8 per super-block and group).
         let (psc32, pom32) = if k8 {
             (
-                at_least(&mut bufs.sc32, nrp * kbp * 8),
+                at_least(&mut bufs.sc32, nrp * kbp * if k6 { 16 } else { 8 }),
                 at_least(&mut bufs.om32, nrp * kbp * 8),
             )
         } else {
@@ -743,12 +768,14 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
             #[cfg(target_arch = "x86_64")]
             if k8 {
                 use crate::x86::vnni_qgemm::{
-                    scatter_row_k, zero_row_k, GroupK, GROUP, KBLOCK_BYTES, KSCALES,
+                    kscales, scatter_row_k, scatter_row_k6, zero_row_k, GroupK, GROUP,
+                    KBLOCK_BYTES, KSCALES,
                 };
+                let scs = kscales(k6);
                 for g in 0..nrp / GROUP {
                     let mut gk = GroupK {
                         q: &mut pq[g * kbp * KBLOCK_BYTES..(g + 1) * kbp * KBLOCK_BYTES],
-                        sc: &mut psc32[g * kbp * KSCALES..(g + 1) * kbp * KSCALES],
+                        sc: &mut psc32[g * kbp * scs..(g + 1) * kbp * scs],
                         om: &mut pom32[g * kbp * KSCALES..(g + 1) * kbp * KSCALES],
                         d: &mut pd[g * kbp * GROUP..(g + 1) * kbp * GROUP],
                         dm: &mut pdm[g * kbp * GROUP..(g + 1) * kbp * GROUP],
@@ -757,19 +784,28 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
                         let r = g * GROUP + rr;
                         for i in 0..ns {
                             if r >= nr {
-                                zero_row_k(i, rr, &mut gk);
+                                zero_row_k(i, rr, k6, &mut gk);
                                 continue;
                             }
-                            let row = w.row(r0 + r);
-                            let s = s0 + i;
-                            let ds = (k.unpack)(
-                                ty,
-                                &row[s * ts..(s + 1) * ts],
-                                &mut tq[..QK_K],
-                                &mut tsc[..16],
-                                &mut tom[..16],
-                            );
-                            scatter_row_k(i, tq, tsc, tom, ds, rr, &mut gk);
+                            let b = &w.row(r0 + r)[(s0 + i) * ts..];
+                            if k6 {
+                                let ds = crate::x86::avx2_qgemm::unpack_q6k_natural(
+                                    b,
+                                    &mut tq[..QK_K],
+                                    &mut tsc[..16],
+                                    &mut tom[..16],
+                                );
+                                scatter_row_k6(i, tq, tsc, tom, ds, rr, &mut gk);
+                            } else {
+                                let ds = (k.unpack)(
+                                    ty,
+                                    &b[..ts],
+                                    &mut tq[..QK_K],
+                                    &mut tsc[..16],
+                                    &mut tom[..16],
+                                );
+                                scatter_row_k(i, tq, tsc, tom, ds, rr, &mut gk);
+                            }
                         }
                     }
                 }
@@ -838,8 +874,9 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
                 }
                 #[cfg(target_arch = "x86_64")]
                 if k8 {
-                    use crate::x86::vnni_qgemm::{StripK8, GROUP, KBLOCK_BYTES, KSCALES};
+                    use crate::x86::vnni_qgemm::{kscales, StripK8, GROUP, KBLOCK_BYTES, KSCALES};
                     let sk = StripK8 {
+                        q6: k6,
                         nsb: ns,
                         rows: nr,
                         nc,
@@ -847,7 +884,8 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
                         q_stride: kbp * KBLOCK_BYTES,
                         sc: psc32,
                         om: pom32,
-                        sc_stride: kbp * KSCALES,
+                        sc_stride: kbp * kscales(k6),
+                        om_stride: kbp * KSCALES,
                         d: pd,
                         dm: pdm,
                         d_stride: kbp * GROUP,
@@ -1563,7 +1601,7 @@ mod tests {
                     let r = g * GROUP + rr;
                     for sb in 0..nsb {
                         if r >= rows {
-                            zero_row_k(sb, rr, &mut gk);
+                            zero_row_k(sb, rr, false, &mut gk);
                             continue;
                         }
                         let u = r * nsb + sb;
@@ -1580,6 +1618,7 @@ mod tests {
                 }
             }
             let new = StripK8 {
+                q6: false,
                 nsb,
                 rows,
                 nc,
@@ -1588,10 +1627,146 @@ mod tests {
                 sc: &sc8,
                 om: &om8,
                 sc_stride: nsb * KSCALES,
+                om_stride: nsb * KSCALES,
                 d: &d8,
                 dm: &dm8,
                 d_stride: nsb * GROUP,
                 a: old.a,
+                bs: old.bs,
+                da: &da,
+                da_stride: 4,
+            };
+            let init: Vec<f32> = (0..nc * rows).map(|i| i as f32 * 0.25 - 1.0).collect();
+            let (mut got, mut want) = (init.clone(), init.clone());
+            strip_k(&new, &mut got);
+            strip_with(tile_scalar, &old, &mut want);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "nsb={nsb} rows={rows} nc={nc}");
+        }
+    }
+
+    /// The VNNI 8-row Q6_K strip (natural-order activations) against the scalar twin's strip
+    /// on the same values in panel order, bitwise: 6-bit quants, signed 8-bit group scales that
+    /// double as offset multipliers, partial row and column groups.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vnni_strip_k6_equals_scalar_twin_bitwise() {
+        use crate::x86::vnni_qgemm::{
+            scatter_row_k6, strip_k, zero_row_k, GroupK, StripK8, GROUP, KBLOCK_BYTES, KSCALES,
+            KSCALES6,
+        };
+        if !crate::isa::vnni_available() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        let to_panel = |nat: &[u8]| -> Vec<u8> {
+            let mut p = vec![0u8; nat.len()];
+            for (src, dst) in nat.chunks(QK_K).zip(p.chunks_mut(QK_K)) {
+                perm_k_scalar(src, dst);
+            }
+            p
+        };
+        let mut seed = 47;
+        for (nsb, rows, nc) in [(1, 1, 1), (1, 8, 4), (2, 13, 3), (6, 20, 4), (3, 7, 2)] {
+            let qs = nsb * QK_K;
+            let qn: Vec<u8> = (0..rows * qs)
+                .map(|_| (lcg(&mut seed) % 64) as u8)
+                .collect();
+            let sc: Vec<i16> = (0..rows * nsb * 16)
+                .map(|_| (lcg(&mut seed) % 256) as i16 - 128)
+                .collect();
+            let dw: Vec<f32> = (0..rows * nsb)
+                .map(|_| (lcg(&mut seed) % 100) as f32 * 1e-4)
+                .collect();
+            let dm: Vec<f32> = dw.iter().map(|d| 32.0 * d).collect();
+            let an: Vec<Vec<u8>> = (0..TILE_C)
+                .map(|c| {
+                    (0..qs)
+                        .map(|_| match c {
+                            0 => 127,
+                            1 => 128,
+                            _ => lcg(&mut seed) as u8,
+                        })
+                        .collect()
+                })
+                .collect();
+            // The activations' 16-value sums (natural groups), as Q8_K's bsums.
+            let bs: Vec<Vec<i16>> = an
+                .iter()
+                .map(|a| {
+                    a.chunks(16)
+                        .map(|g| g.iter().map(|&v| v as i8 as i16).sum())
+                        .collect()
+                })
+                .collect();
+            let da: Vec<f32> = (0..nsb * 4)
+                .map(|_| (lcg(&mut seed) % 100) as f32 * 1e-3)
+                .collect();
+            let qp = to_panel(&qn);
+            let ap: Vec<Vec<u8>> = an.iter().map(|a| to_panel(a)).collect();
+            let ap8: Vec<&[i8]> = ap.iter().map(|a| super::bytes_of(a)).collect();
+            let an8: Vec<&[i8]> = an.iter().map(|a| super::bytes_of(a)).collect();
+            let old = QStrip {
+                nsb,
+                unit: QK_K,
+                rows,
+                nc,
+                q: &qp,
+                q_stride: qs,
+                sc: &sc,
+                sc_stride: nsb * SC_LANES,
+                dw: &dw,
+                dw_stride: nsb,
+                om: &sc,
+                dm: &dm,
+                bs: std::array::from_fn(|c| &bs[c][..]),
+                a: std::array::from_fn(|c| ap8[c]),
+                da: &da,
+                da_stride: 4,
+                bias: &[],
+            };
+            let groups = rows.div_ceil(GROUP);
+            let mut q8 = vec![0xAAu8; groups * nsb * KBLOCK_BYTES];
+            let mut sc8 = vec![-7i32; groups * nsb * KSCALES6];
+            let mut om8 = vec![-7i32; groups * nsb * KSCALES];
+            let mut d8 = vec![f32::NAN; groups * nsb * GROUP];
+            let mut dm8 = vec![f32::NAN; groups * nsb * GROUP];
+            for g in 0..groups {
+                let mut gk = GroupK {
+                    q: &mut q8[g * nsb * KBLOCK_BYTES..(g + 1) * nsb * KBLOCK_BYTES],
+                    sc: &mut sc8[g * nsb * KSCALES6..(g + 1) * nsb * KSCALES6],
+                    om: &mut om8[g * nsb * KSCALES..(g + 1) * nsb * KSCALES],
+                    d: &mut d8[g * nsb * GROUP..(g + 1) * nsb * GROUP],
+                    dm: &mut dm8[g * nsb * GROUP..(g + 1) * nsb * GROUP],
+                };
+                for rr in 0..GROUP {
+                    let r = g * GROUP + rr;
+                    for sb in 0..nsb {
+                        if r >= rows {
+                            zero_row_k(sb, rr, true, &mut gk);
+                            continue;
+                        }
+                        let u = r * nsb + sb;
+                        let (q, s) = (&qn[u * QK_K..], &sc[u * 16..]);
+                        scatter_row_k6(sb, q, s, s, (dw[u], dm[u]), rr, &mut gk);
+                    }
+                }
+            }
+            let new = StripK8 {
+                q6: true,
+                nsb,
+                rows,
+                nc,
+                q: &q8,
+                q_stride: nsb * KBLOCK_BYTES,
+                sc: &sc8,
+                om: &om8,
+                sc_stride: nsb * KSCALES6,
+                om_stride: nsb * KSCALES,
+                d: &d8,
+                dm: &dm8,
+                d_stride: nsb * GROUP,
+                a: std::array::from_fn(|c| an8[c]),
                 bs: old.bs,
                 da: &da,
                 da_stride: 4,

@@ -709,6 +709,24 @@ pub(crate) fn unpack_block(
     ds
 }
 
+/// One Q6_K super-block unpacked in natural order (the VNNI 8-row panels' input): 256
+/// unsigned quants (`q + 32`), its 16 group scales and offset multipliers (the same), and
+/// `(d, 32 d)`: [`unpack_block`]'s Q6_K output before the panel permutation.
+pub(crate) fn unpack_q6k_natural(
+    b: &[u8],
+    q: &mut [u8],
+    sc: &mut [i16],
+    om: &mut [i16],
+) -> (f32, f32) {
+    assert!(
+        b.len() >= 210 && q.len() >= QK_K && sc.len() >= SC_LANES && om.len() >= 16,
+        "qgemm unpack operands too short"
+    );
+    // SAFETY: only called where the AVX2 kernels were selected (avx2+fma+f16c detected, and
+    // VNNI on top); the lengths checked above bound every access.
+    unsafe { unpack_q6k(b, q, sc, om) }
+}
+
 /// AVX2 twin of `qgemm::perm_k_scalar`: one super-block's 256 bytes from natural order to the
 /// panel's (`qgemm::kpos`): an 8 x 8 transpose of 16-bit pairs in each 128-bit half, the
 /// natural 16-value groups 0-7 in the low halves and 8-15 in the high.

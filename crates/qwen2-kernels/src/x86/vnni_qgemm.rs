@@ -208,12 +208,25 @@ pub(crate) fn zero_row(nsb: usize, rr: usize, q: &mut [u8], d: &mut [f32]) {
 
 /// Panel quant bytes per super-block of an 8-row group.
 pub(crate) const KBLOCK_BYTES: usize = 256 * GROUP;
-/// Scale (and offset-pair) entries per super-block of an 8-row group.
+/// Offset-pair entries (and Q4_K's scale entries) per super-block of an 8-row group.
 pub(crate) const KSCALES: usize = 8 * GROUP;
+/// Q6_K's scale entries per super-block of an 8-row group (16 groups of 16 values).
+pub(crate) const KSCALES6: usize = 16 * GROUP;
 
-/// A Q4_K strip (see [`Strip8`]); panel arrays per 8-row group `q_stride`, `sc_stride` and
-/// `d_stride` apart.
+/// Scale entries per super-block and group for Q6_K (`q6`) or Q4_K.
+pub(crate) const fn kscales(q6: bool) -> usize {
+    if q6 {
+        KSCALES6
+    } else {
+        KSCALES
+    }
+}
+
+/// A Q4_K or Q6_K strip (see [`Strip8`]); panel arrays per 8-row group `q_stride`,
+/// `sc_stride` / `om_stride` and `d_stride` apart.
 pub(crate) struct StripK8<'a> {
+    /// Q6_K (16-value groups, natural-order activations) rather than Q4_K.
+    pub q6: bool,
     pub nsb: usize,
     pub rows: usize,
     pub nc: usize,
@@ -222,6 +235,7 @@ pub(crate) struct StripK8<'a> {
     pub sc: &'a [i32],
     pub om: &'a [i32],
     pub sc_stride: usize,
+    pub om_stride: usize,
     pub d: &'a [f32],
     pub dm: &'a [f32],
     pub d_stride: usize,
@@ -245,8 +259,8 @@ pub(crate) fn strip_k(s: &StripK8, res: &mut [f32]) {
     let ok = s.rows > 0
         && (1..=TILE_C).contains(&s.nc)
         && s.q.len() >= (groups - 1) * s.q_stride + n * KBLOCK_BYTES
-        && s.sc.len() >= (groups - 1) * s.sc_stride + n * KSCALES
-        && s.om.len() >= (groups - 1) * s.sc_stride + n * KSCALES
+        && s.sc.len() >= (groups - 1) * s.sc_stride + n * kscales(s.q6)
+        && s.om.len() >= (groups - 1) * s.om_stride + n * KSCALES
         && s.d.len() >= (groups - 1) * s.d_stride + n * GROUP
         && s.dm.len() >= (groups - 1) * s.d_stride + n * GROUP
         && s.a.iter().all(|a| a.len() >= n * 256)
@@ -258,22 +272,21 @@ pub(crate) fn strip_k(s: &StripK8, res: &mut [f32]) {
         // SAFETY: VNNI and AVX2 asserted above; group g's operands are inside the lengths
         // checked (g < groups).
         let t = unsafe {
-            kernel_k(
-                n,
-                [
-                    s.q.as_ptr().add(g * s.q_stride) as *const i8,
-                    s.sc.as_ptr().add(g * s.sc_stride) as *const i8,
-                    s.om.as_ptr().add(g * s.sc_stride) as *const i8,
-                ],
-                [
-                    s.d.as_ptr().add(g * s.d_stride),
-                    s.dm.as_ptr().add(g * s.d_stride),
-                ],
-                s.a.map(|a| a.as_ptr()),
-                s.bs.map(|b| b.as_ptr()),
-                s.da.as_ptr(),
-                s.da_stride,
-            )
+            let p = [
+                s.q.as_ptr().add(g * s.q_stride) as *const i8,
+                s.sc.as_ptr().add(g * s.sc_stride) as *const i8,
+                s.om.as_ptr().add(g * s.om_stride) as *const i8,
+            ];
+            let f = [
+                s.d.as_ptr().add(g * s.d_stride),
+                s.dm.as_ptr().add(g * s.d_stride),
+            ];
+            let (a, bs) = (s.a.map(|a| a.as_ptr()), s.bs.map(|b| b.as_ptr()));
+            if s.q6 {
+                kernel_k::<true>(n, p, f, a, bs, s.da.as_ptr(), s.da_stride)
+            } else {
+                kernel_k::<false>(n, p, f, a, bs, s.da.as_ptr(), s.da_stride)
+            }
         };
         let r0 = g * GROUP;
         let nr = (s.rows - r0).min(GROUP);
@@ -287,11 +300,13 @@ pub(crate) fn strip_k(s: &StripK8, res: &mut [f32]) {
 
 /// One 8-row group against 4 activation rows over `nsb` super-blocks: `[column][row]` sums.
 /// `p`: the group's quants, scales (i32) and offset pairs (i32); `f`: its `d` and `dm`.
+/// `Q6`: 16 scale groups of 4 steps, natural-order activations (value group `4 s` of scale
+/// group `j` at `16 j + 4 s`); else Q4_K's 8 sub-blocks of 8 steps, panel-order activations.
 ///
 /// SAFETY (caller): avx2 + AVX-512 F/VL/VNNI available; `nsb` super-blocks of every operand
 /// (as `strip_k` checks).
 #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
-unsafe fn kernel_k(
+unsafe fn kernel_k<const Q6: bool>(
     nsb: usize,
     p: [*const i8; 3],
     f: [*const f32; 2],
@@ -310,12 +325,14 @@ unsafe fn kernel_k(
             let wq = q.add(sb * KBLOCK_BYTES);
             let ap = a.map(|p| p.add(sb * 256));
             let mut isum = [_mm256_setzero_si256(); TILE_C];
-            for j in 0..8 {
+            // Scale groups, and 4-value steps per group.
+            let (ng, gs) = if Q6 { (16, 4) } else { (8, 8) };
+            for j in 0..ng {
                 let mut acc = [_mm256_setzero_si256(); TILE_C];
                 macro_rules! step {
                     ($s:literal) => {{
-                        let w = _mm256_loadu_si256(wq.add(32 * (8 * j + $s)) as *const __m256i);
-                        let off = 32 * $s + 4 * j;
+                        let w = _mm256_loadu_si256(wq.add(32 * (gs * j + $s)) as *const __m256i);
+                        let off = if Q6 { 16 * j + 4 * $s } else { 32 * $s + 4 * j };
                         acc[0] = _mm256_dpbusd_epi32(acc[0], w, bcast(ap[0].add(off)));
                         acc[1] = _mm256_dpbusd_epi32(acc[1], w, bcast(ap[1].add(off)));
                         acc[2] = _mm256_dpbusd_epi32(acc[2], w, bcast(ap[2].add(off)));
@@ -326,11 +343,14 @@ unsafe fn kernel_k(
                 step!(1);
                 step!(2);
                 step!(3);
-                step!(4);
-                step!(5);
-                step!(6);
-                step!(7);
-                let scj = _mm256_loadu_si256(sc.add(4 * (sb * KSCALES + 8 * j)) as *const __m256i);
+                if !Q6 {
+                    step!(4);
+                    step!(5);
+                    step!(6);
+                    step!(7);
+                }
+                let at = 4 * (sb * kscales(Q6) + 8 * j);
+                let scj = _mm256_loadu_si256(sc.add(at) as *const __m256i);
                 for c in 0..TILE_C {
                     isum[c] = _mm256_add_epi32(isum[c], _mm256_mullo_epi32(acc[c], scj));
                 }
@@ -399,14 +419,47 @@ pub(crate) fn scatter_row_k(
     g.dm[sb * GROUP + rr] = dm;
 }
 
-/// Lane `rr` of super-block `sb` of an 8-row group's panel set to zero (a row past the matrix).
-pub(crate) fn zero_row_k(sb: usize, rr: usize, g: &mut GroupK) {
+/// Interleaves super-block `sb` of one Q6_K row (256 unsigned quants in natural order, its 16
+/// group scales and 16 offset multipliers, `d`, `dm`) into lane `rr` of an 8-row group's panel.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn scatter_row_k6(
+    sb: usize,
+    q: &[u8],
+    sc: &[i16],
+    om: &[i16],
+    (d, dm): (f32, f32),
+    rr: usize,
+    g: &mut GroupK,
+) {
+    assert!(rr < GROUP && q.len() >= 256 && sc.len() >= 16 && om.len() >= 16);
+    let dst = &mut g.q[sb * KBLOCK_BYTES..(sb + 1) * KBLOCK_BYTES];
+    for (j, &scj) in sc[..16].iter().enumerate() {
+        for s in 0..4 {
+            let (o, u) = (16 * j + 4 * s, 4 * j + s);
+            dst[32 * u + 4 * rr..32 * u + 4 * rr + 4].copy_from_slice(&q[o..o + 4]);
+        }
+        g.sc[sb * KSCALES6 + 8 * j + rr] = scj as i32;
+    }
+    for p in 0..8 {
+        let pair = (om[2 * p] as u16 as u32) | ((om[2 * p + 1] as u16 as u32) << 16);
+        g.om[sb * KSCALES + 8 * p + rr] = pair as i32;
+    }
+    g.d[sb * GROUP + rr] = d;
+    g.dm[sb * GROUP + rr] = dm;
+}
+
+/// Lane `rr` of super-block `sb` of an 8-row group's panel set to zero (a row past the
+/// matrix); `q6`: a Q6_K panel.
+pub(crate) fn zero_row_k(sb: usize, rr: usize, q6: bool, g: &mut GroupK) {
     for u in 0..64 {
         let at = sb * KBLOCK_BYTES + 32 * u + 4 * rr;
         g.q[at..at + 4].fill(0);
     }
+    let scs = kscales(q6);
+    for j in 0..scs / GROUP {
+        g.sc[sb * scs + 8 * j + rr] = 0;
+    }
     for j in 0..8 {
-        g.sc[sb * KSCALES + 8 * j + rr] = 0;
         g.om[sb * KSCALES + 8 * j + rr] = 0;
     }
     g.d[sb * GROUP + rr] = 0.0;
