@@ -128,6 +128,8 @@ pub(crate) fn spread_block_scales(d: &mut [f32], n: usize) {
 }
 
 /// Operands of one [`QTileFn`] call (slices bound the unsafe SIMD reads).
+// (Read by the x86_64 tiles only.)
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct QTileArgs<'a> {
     pub nsb: usize,
     pub q: [&'a [u8]; QTILE_R],
@@ -152,6 +154,8 @@ pub(crate) struct QTileArgs<'a> {
 /// dropped), added into `res[c * rows + r]` for the `nc` valid columns. One call per column
 /// group and k-block, so operand checks and result stores cost per strip, not per tile (with
 /// 0.5B-sized rows a tile is only ~500 cycles).
+// (Read by the x86_64 tiles only.)
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct QStrip<'a> {
     /// Scale units in the k-block, and values per unit (`QK_K` or 32).
     pub nsb: usize,
@@ -437,7 +441,7 @@ pub(crate) fn quant_k_scalar(x: &[f32], q: &mut [i8], sums: &mut [i16; 16]) -> f
 }
 
 /// `x` viewed as int8 (tests).
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 fn bytes_of(x: &[u8]) -> &[i8] {
     // SAFETY: as for `bytes`.
     unsafe { std::slice::from_raw_parts(x.as_ptr() as *const i8, x.len()) }
@@ -735,6 +739,9 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
         let res = at_least(&mut bufs.res, batch * nr);
         res.fill(0.0);
         let ts = ty.type_size();
+        // (The 8-row panels are x86_64 only.)
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (&tq, &td, &tsc, &tom, &psc32, &pom32);
         let mut s0 = 0;
         while s0 < nu {
             let s1 = (s0 + kb).min(nu);
