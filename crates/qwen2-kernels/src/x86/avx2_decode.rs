@@ -546,6 +546,7 @@ pub(crate) unsafe fn q6_k_kv<const R: usize, const C: usize, const V: bool>(
                     _mm256_permute2x128_si256::<0x11>(sc16, sc16),
                 ];
                 let mut sumi = [_mm256_setzero_si256(); C];
+                let mut sumv = [_mm256_setzero_si256(); C];
                 for c in 0..C {
                     let bs = _mm256_loadu_si256(a[c].add(i * 292 + 260) as *const __m256i);
                     let off = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs, sc16));
@@ -578,16 +579,29 @@ pub(crate) unsafe fn q6_k_kv<const R: usize, const C: usize, const V: bool>(
                         // Scale sc[g] for the low 16 values, sc[g + 1] for the high 16,
                         // g = 8 * half + 2 * k.
                         let s = _mm256_shuffle_epi8(sc_h, word_pair_pick(2 * k));
+                        // VNNI: odd steps into a second chain (`vpdpwssd`'s latency; see
+                        // `q4_kr_kv`), added at the end: the same i32 sums.
+                        let odd = V && k % 2 == 1;
                         for c in 0..C {
                             let q8 = a[c].add(i * 292 + 4 + 128 * half + 32 * k);
                             let p = _mm256_maddubs_epi16(v, loadu(q8));
-                            sumi[c] = if V {
-                                dpwssd(sumi[c], p, s)
+                            if odd {
+                                sumv[c] = dpwssd(sumv[c], p, s);
+                            } else if V {
+                                sumi[c] = dpwssd(sumi[c], p, s);
                             } else {
-                                _mm256_add_epi32(sumi[c], _mm256_madd_epi16(p, s))
-                            };
+                                sumi[c] = _mm256_add_epi32(sumi[c], _mm256_madd_epi16(p, s));
+                            }
                         }
                         fence(&mut sumi);
+                        if V {
+                            fence(&mut sumv);
+                        }
+                    }
+                }
+                for c in 0..C {
+                    if V {
+                        sumi[c] = _mm256_add_epi32(sumi[c], sumv[c]);
                     }
                 }
                 for c in 0..C {
@@ -761,27 +775,42 @@ pub(crate) unsafe fn q4_kr_kv<const R: usize, const C: usize, const V: bool>(
                     accm[r][c] = _mm_fnmadd_ps(m, _mm_cvtepi32_ps(p), accm[r][c]);
                 }
                 let mut s16 = [_mm256_setzero_si256(); C];
+                // VNNI: i32 lanes in independent chains (low / high nibbles, and for one row
+                // also even / odd steps), added at the end: a single chain of 8 `vpdpbusd`
+                // (~5 cycles of latency each) made one-row decode slower than AVX2's.
+                let mut v32 = [[_mm256_setzero_si256(); C]; 4];
                 for k in 0..4 {
                     let bits = loadu(xp.add(16 + 32 * k));
                     let lo = _mm256_and_si256(bits, m4);
                     let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
+                    let j = if C == 1 { 2 * (k % 2) } else { 0 };
                     for c in 0..C {
                         let yp = a[c].add(i * ACT_BYTES + 64 * k);
                         if V {
-                            // s16 holds i32 lanes here.
-                            let t = dpbusd(s16[c], lo, loadu(yp));
-                            s16[c] = dpbusd(t, hi, loadu(yp.add(32)));
+                            v32[j][c] = dpbusd(v32[j][c], lo, loadu(yp));
+                            v32[j + 1][c] = dpbusd(v32[j + 1][c], hi, loadu(yp.add(32)));
                         } else {
                             let pl = _mm256_maddubs_epi16(lo, loadu(yp));
                             let ph = _mm256_maddubs_epi16(hi, loadu(yp.add(32)));
                             s16[c] = _mm256_add_epi16(s16[c], _mm256_add_epi16(pl, ph));
                         }
                     }
-                    fence(&mut s16);
+                    if V {
+                        fence(&mut v32[0]);
+                        fence(&mut v32[1]);
+                    } else {
+                        fence(&mut s16);
+                    }
                 }
                 for c in 0..C {
                     let sumi = if V {
-                        _mm256_mullo_epi32(s16[c], sc)
+                        let t = _mm256_add_epi32(v32[0][c], v32[1][c]);
+                        let t = if C == 1 {
+                            _mm256_add_epi32(t, _mm256_add_epi32(v32[2][c], v32[3][c]))
+                        } else {
+                            t
+                        };
+                        _mm256_mullo_epi32(t, sc)
                     } else {
                         _mm256_madd_epi16(s16[c], sc)
                     };
