@@ -1418,6 +1418,103 @@ mod tests {
         }
     }
 
+    /// `run` (a VNNI strip adding into its argument) against the scalar twin's strip over
+    /// `old`, bitwise, both adding onto the same non-zero values.
+    #[cfg(target_arch = "x86_64")]
+    fn assert_strip_bitwise(old: &QStrip, twin: QTileFn, run: impl FnOnce(&mut [f32])) {
+        let init: Vec<f32> = (0..old.nc * old.rows)
+            .map(|i| i as f32 * 0.25 - 1.0)
+            .collect();
+        let (mut got, mut want) = (init.clone(), init);
+        run(&mut got);
+        strip_with(twin, old, &mut want);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let what = format!("nsb={} rows={} nc={}", old.nsb, old.rows, old.nc);
+        assert_eq!(bits(&got), bits(&want), "{what}");
+    }
+
+    /// A k-quant 8-row panel (`x86::vnni_qgemm`), filled by `put(u, sb, rr, group)` for
+    /// super-block `sb` of row `r` (`u = r * nsb + sb`), zero rows past `rows`; unfilled
+    /// entries start as garbage.
+    #[cfg(target_arch = "x86_64")]
+    struct KPanel {
+        q: Vec<u8>,
+        sc: Vec<i32>,
+        om: Vec<i32>,
+        d: Vec<f32>,
+        dm: Vec<f32>,
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    impl KPanel {
+        fn build(
+            rows: usize,
+            nsb: usize,
+            q6: bool,
+            mut put: impl FnMut(usize, usize, usize, &mut crate::x86::vnni_qgemm::GroupK),
+        ) -> KPanel {
+            use crate::x86::vnni_qgemm::{kscales, zero_row_k, GroupK, GROUP, KBLOCK_BYTES};
+            let (groups, scs) = (rows.div_ceil(GROUP), kscales(q6));
+            let mut p = KPanel {
+                q: vec![0xAA; groups * nsb * KBLOCK_BYTES],
+                sc: vec![-7; groups * nsb * scs],
+                om: vec![-7; groups * nsb * 64],
+                d: vec![f32::NAN; groups * nsb * GROUP],
+                dm: vec![f32::NAN; groups * nsb * GROUP],
+            };
+            let span = |g: usize, n: usize| g * nsb * n..(g + 1) * nsb * n;
+            for g in 0..groups {
+                let mut gk = GroupK {
+                    q: &mut p.q[span(g, KBLOCK_BYTES)],
+                    sc: &mut p.sc[span(g, scs)],
+                    om: &mut p.om[span(g, 64)],
+                    d: &mut p.d[span(g, GROUP)],
+                    dm: &mut p.dm[span(g, GROUP)],
+                };
+                for rr in 0..GROUP {
+                    let r = g * GROUP + rr;
+                    for sb in 0..nsb {
+                        if r >= rows {
+                            zero_row_k(sb, rr, q6, &mut gk);
+                        } else {
+                            put(r * nsb + sb, sb, rr, &mut gk);
+                        }
+                    }
+                }
+            }
+            p
+        }
+
+        /// The strip over this panel, with `old`'s shape and activations (`a`).
+        fn strip<'a>(
+            &'a self,
+            q6: bool,
+            old: &QStrip<'a>,
+            a: [&'a [i8]; TILE_C],
+        ) -> crate::x86::vnni_qgemm::StripK8<'a> {
+            use crate::x86::vnni_qgemm::{kscales, StripK8, GROUP, KBLOCK_BYTES, KSCALES};
+            StripK8 {
+                q6,
+                nsb: old.nsb,
+                rows: old.rows,
+                nc: old.nc,
+                q: &self.q,
+                q_stride: old.nsb * KBLOCK_BYTES,
+                sc: &self.sc,
+                om: &self.om,
+                sc_stride: old.nsb * kscales(q6),
+                om_stride: old.nsb * KSCALES,
+                d: &self.d,
+                dm: &self.dm,
+                d_stride: old.nsb * GROUP,
+                a,
+                bs: old.bs,
+                da: old.da,
+                da_stride: old.da_stride,
+            }
+        }
+    }
+
     /// The VNNI 8-row strip for 32-value blocks against the scalar twin's strip, bitwise:
     /// partial row groups (zero pad rows), partial column groups, several k-block lengths,
     /// activations at both ends of the int8 range and results added onto existing values.
@@ -1507,12 +1604,7 @@ mod tests {
                 da_stride: 8,
                 bias: &bias,
             };
-            let init: Vec<f32> = (0..nc * rows).map(|i| i as f32 * 0.25 - 1.0).collect();
-            let (mut got, mut want) = (init.clone(), init.clone());
-            strip(&new, &mut got);
-            strip_with(tile32_scalar, &old, &mut want);
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&got), bits(&want), "nsb={nsb} rows={rows} nc={nc}");
+            assert_strip_bitwise(&old, tile32_scalar, |res| strip(&new, res));
         }
     }
 
@@ -1522,9 +1614,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn vnni_strip_k8_equals_scalar_twin_bitwise() {
-        use crate::x86::vnni_qgemm::{
-            scatter_row_k, strip_k, zero_row_k, GroupK, StripK8, GROUP, KBLOCK_BYTES, KSCALES,
-        };
+        use crate::x86::vnni_qgemm::{scatter_row_k, strip_k};
         if !crate::isa::vnni_available() {
             eprintln!("skipped: this CPU has no AVX-512 VNNI");
             return;
@@ -1590,65 +1680,12 @@ mod tests {
                 da_stride: 4,
                 bias: &[],
             };
-            let groups = rows.div_ceil(GROUP);
-            let mut q8 = vec![0xAAu8; groups * nsb * KBLOCK_BYTES];
-            let mut sc8 = vec![-7i32; groups * nsb * KSCALES];
-            let mut om8 = vec![-7i32; groups * nsb * KSCALES];
-            let mut d8 = vec![f32::NAN; groups * nsb * GROUP];
-            let mut dm8 = vec![f32::NAN; groups * nsb * GROUP];
-            for g in 0..groups {
-                let mut gk = GroupK {
-                    q: &mut q8[g * nsb * KBLOCK_BYTES..(g + 1) * nsb * KBLOCK_BYTES],
-                    sc: &mut sc8[g * nsb * KSCALES..(g + 1) * nsb * KSCALES],
-                    om: &mut om8[g * nsb * KSCALES..(g + 1) * nsb * KSCALES],
-                    d: &mut d8[g * nsb * GROUP..(g + 1) * nsb * GROUP],
-                    dm: &mut dm8[g * nsb * GROUP..(g + 1) * nsb * GROUP],
-                };
-                for rr in 0..GROUP {
-                    let r = g * GROUP + rr;
-                    for sb in 0..nsb {
-                        if r >= rows {
-                            zero_row_k(sb, rr, false, &mut gk);
-                            continue;
-                        }
-                        let u = r * nsb + sb;
-                        scatter_row_k(
-                            sb,
-                            &q[u * QK_K..],
-                            &sc[u * 16..],
-                            &om[u * 16..],
-                            (dw[u], dm[u]),
-                            rr,
-                            &mut gk,
-                        );
-                    }
-                }
-            }
-            let new = StripK8 {
-                q6: false,
-                nsb,
-                rows,
-                nc,
-                q: &q8,
-                q_stride: nsb * KBLOCK_BYTES,
-                sc: &sc8,
-                om: &om8,
-                sc_stride: nsb * KSCALES,
-                om_stride: nsb * KSCALES,
-                d: &d8,
-                dm: &dm8,
-                d_stride: nsb * GROUP,
-                a: old.a,
-                bs: old.bs,
-                da: &da,
-                da_stride: 4,
-            };
-            let init: Vec<f32> = (0..nc * rows).map(|i| i as f32 * 0.25 - 1.0).collect();
-            let (mut got, mut want) = (init.clone(), init.clone());
-            strip_k(&new, &mut got);
-            strip_with(tile_scalar, &old, &mut want);
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&got), bits(&want), "nsb={nsb} rows={rows} nc={nc}");
+            let panel = KPanel::build(rows, nsb, false, |u, sb, rr, gk| {
+                let (q, sc, om) = (&q[u * QK_K..], &sc[u * 16..], &om[u * 16..]);
+                scatter_row_k(sb, q, sc, om, (dw[u], dm[u]), rr, gk);
+            });
+            let new = panel.strip(false, &old, old.a);
+            assert_strip_bitwise(&old, tile_scalar, |res| strip_k(&new, res));
         }
     }
 
@@ -1658,10 +1695,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn vnni_strip_k6_equals_scalar_twin_bitwise() {
-        use crate::x86::vnni_qgemm::{
-            scatter_row_k6, strip_k, zero_row_k, GroupK, StripK8, GROUP, KBLOCK_BYTES, KSCALES,
-            KSCALES6,
-        };
+        use crate::x86::vnni_qgemm::{scatter_row_k6, strip_k};
         if !crate::isa::vnni_available() {
             eprintln!("skipped: this CPU has no AVX-512 VNNI");
             return;
@@ -1732,58 +1766,12 @@ mod tests {
                 da_stride: 4,
                 bias: &[],
             };
-            let groups = rows.div_ceil(GROUP);
-            let mut q8 = vec![0xAAu8; groups * nsb * KBLOCK_BYTES];
-            let mut sc8 = vec![-7i32; groups * nsb * KSCALES6];
-            let mut om8 = vec![-7i32; groups * nsb * KSCALES];
-            let mut d8 = vec![f32::NAN; groups * nsb * GROUP];
-            let mut dm8 = vec![f32::NAN; groups * nsb * GROUP];
-            for g in 0..groups {
-                let mut gk = GroupK {
-                    q: &mut q8[g * nsb * KBLOCK_BYTES..(g + 1) * nsb * KBLOCK_BYTES],
-                    sc: &mut sc8[g * nsb * KSCALES6..(g + 1) * nsb * KSCALES6],
-                    om: &mut om8[g * nsb * KSCALES..(g + 1) * nsb * KSCALES],
-                    d: &mut d8[g * nsb * GROUP..(g + 1) * nsb * GROUP],
-                    dm: &mut dm8[g * nsb * GROUP..(g + 1) * nsb * GROUP],
-                };
-                for rr in 0..GROUP {
-                    let r = g * GROUP + rr;
-                    for sb in 0..nsb {
-                        if r >= rows {
-                            zero_row_k(sb, rr, true, &mut gk);
-                            continue;
-                        }
-                        let u = r * nsb + sb;
-                        let (q, s) = (&qn[u * QK_K..], &sc[u * 16..]);
-                        scatter_row_k6(sb, q, s, s, (dw[u], dm[u]), rr, &mut gk);
-                    }
-                }
-            }
-            let new = StripK8 {
-                q6: true,
-                nsb,
-                rows,
-                nc,
-                q: &q8,
-                q_stride: nsb * KBLOCK_BYTES,
-                sc: &sc8,
-                om: &om8,
-                sc_stride: nsb * KSCALES6,
-                om_stride: nsb * KSCALES,
-                d: &d8,
-                dm: &dm8,
-                d_stride: nsb * GROUP,
-                a: std::array::from_fn(|c| an8[c]),
-                bs: old.bs,
-                da: &da,
-                da_stride: 4,
-            };
-            let init: Vec<f32> = (0..nc * rows).map(|i| i as f32 * 0.25 - 1.0).collect();
-            let (mut got, mut want) = (init.clone(), init.clone());
-            strip_k(&new, &mut got);
-            strip_with(tile_scalar, &old, &mut want);
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&got), bits(&want), "nsb={nsb} rows={rows} nc={nc}");
+            let panel = KPanel::build(rows, nsb, true, |u, sb, rr, gk| {
+                let (q, sc) = (&qn[u * QK_K..], &sc[u * 16..]);
+                scatter_row_k6(sb, q, sc, sc, (dw[u], dm[u]), rr, gk);
+            });
+            let new = panel.strip(true, &old, std::array::from_fn(|c| an8[c]));
+            assert_strip_bitwise(&old, tile_scalar, |res| strip_k(&new, res));
         }
     }
 

@@ -636,47 +636,44 @@ tile_entry!(tile_q6_k, q6_k_k, 256, 210, 292, false);
 // Q4KR (repacked Q4_K, see `crate::repack_q4k`) vs prepared Q8_K rows: its own arithmetic
 // ------------------------------------------------------------------------------------------
 
-/// `acc + sum of 4 products u8(u) * i8(s)` per i32 lane: AVX-512 VNNI's 256-bit `vpdpbusd`
-/// (exact, where the AVX2 `vpmaddubsw` + `vpmaddwd` + `vpaddd` it replaces forms i16 pairs).
-///
-/// SAFETY (caller): AVX-512 VNNI (VL) available.
-#[inline]
-#[target_feature(enable = "avx2")]
-pub(crate) unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
-    let mut acc = acc;
-    // SAFETY: a register-only instruction, available per the caller's contract.
-    unsafe {
-        std::arch::asm!(
-            "vpdpbusd {acc}, {u}, {s}",
-            acc = inout(ymm_reg) acc,
-            u = in(ymm_reg) u,
-            s = in(ymm_reg) s,
-            options(pure, nomem, nostack, preserves_flags),
-        )
+/// A 256-bit AVX-512 VNNI instruction `acc += f(a, b)` per i32 lane, as a register-only
+/// `asm!` (usable inside the AVX2 kernels; the CPU check is the caller's).
+macro_rules! vnni_op {
+    ($(#[$doc:meta])* $name:ident, $insn:literal) => {
+        $(#[$doc])*
+        ///
+        /// SAFETY (caller): AVX-512 VNNI (VL) available.
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        pub(crate) unsafe fn $name(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+            let mut acc = acc;
+            // SAFETY: a register-only instruction, available per the caller's contract.
+            unsafe {
+                std::arch::asm!(
+                    concat!($insn, " {acc}, {a}, {b}"),
+                    acc = inout(ymm_reg) acc,
+                    a = in(ymm_reg) a,
+                    b = in(ymm_reg) b,
+                    options(pure, nomem, nostack, preserves_flags),
+                )
+            };
+            acc
+        }
     };
-    acc
 }
 
-/// `acc + a[2i] * b[2i] + a[2i+1] * b[2i+1]` per i32 lane: AVX-512 VNNI's 256-bit `vpdpwssd`
-/// (the exact result of the `vpmaddwd` + `vpaddd` pair it replaces).
-///
-/// SAFETY (caller): AVX-512 VNNI (VL) available.
-#[inline]
-#[target_feature(enable = "avx2")]
-pub(crate) unsafe fn dpwssd(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
-    let mut acc = acc;
-    // SAFETY: a register-only instruction, available per the caller's contract.
-    unsafe {
-        std::arch::asm!(
-            "vpdpwssd {acc}, {a}, {b}",
-            acc = inout(ymm_reg) acc,
-            a = in(ymm_reg) a,
-            b = in(ymm_reg) b,
-            options(pure, nomem, nostack, preserves_flags),
-        )
-    };
-    acc
-}
+vnni_op!(
+    /// `acc + sum of 4 products u8(a) * i8(b)` per i32 lane: `vpdpbusd` (exact, where the AVX2
+    /// `vpmaddubsw` + `vpmaddwd` + `vpaddd` it replaces forms i16 pairs).
+    dpbusd,
+    "vpdpbusd"
+);
+vnni_op!(
+    /// `acc + a[2i] * b[2i] + a[2i+1] * b[2i+1]` per i32 lane: `vpdpwssd` (the exact result of
+    /// the `vpmaddwd` + `vpaddd` pair it replaces).
+    dpwssd,
+    "vpdpwssd"
+);
 
 /// `pshufb` control: as [`q4kr_scale_spread`], each scale zero-extended into its i32 lane
 /// (lane `j` = sub-block `j`), for the VNNI form's `vpmulld`.

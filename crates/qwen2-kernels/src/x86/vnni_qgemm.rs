@@ -54,6 +54,30 @@ const fn act_off(b: usize, k: usize) -> usize {
     64 * (b / 2) + 16 * (b % 2) + 32 * (k / 4) + 4 * (k % 4)
 }
 
+/// Adds 8-row group `g`'s `[column][row]` sums into `res[c * rows + r]`, valid rows and
+/// columns only.
+fn add_group(res: &mut [f32], t: &[[f32; GROUP]; TILE_C], g: usize, rows: usize, nc: usize) {
+    let r0 = g * GROUP;
+    let nr = (rows - r0).min(GROUP);
+    for (c, tc) in t.iter().enumerate().take(nc) {
+        for (rr, &v) in tc.iter().enumerate().take(nr) {
+            res[c * rows + r0 + rr] += v;
+        }
+    }
+}
+
+/// The accumulators as `[column][row]` arrays.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn spill(facc: [__m256; TILE_C]) -> [[f32; GROUP]; TILE_C] {
+    facc.map(|v| {
+        let mut o = [0.0f32; GROUP];
+        // SAFETY: `o` is 8 f32s.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), v) };
+        o
+    })
+}
+
 /// Safe entry: checks every slice the kernel reads, then runs the strip.
 ///
 /// Panics unless the CPU has AVX-512 VNNI (VL) and AVX2 (callers check `isa::vnni`).
@@ -89,12 +113,24 @@ pub(crate) fn strip(s: &Strip8, res: &mut [f32]) {
                 s.bias.as_ptr(),
             )
         };
-        let r0 = g * GROUP;
-        let nr = (s.rows - r0).min(GROUP);
-        for (c, tc) in t.iter().enumerate().take(s.nc) {
-            for (rr, &v) in tc.iter().enumerate().take(nr) {
-                res[c * s.rows + r0 + rr] += v;
-            }
+        add_group(res, &t, g, s.rows, s.nc);
+    }
+}
+
+/// One step of an 8-row panel: the 32 bytes at `w` (4 quants of each of 8 rows) times the
+/// 4-value activation group at `a[c] + off`, broadcast, added into column `c`'s i32 lanes.
+///
+/// SAFETY (caller): avx2 + AVX-512 F/VL/VNNI available; 32 bytes at `w`, 4 at each
+/// `a[c] + off`.
+#[inline]
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+unsafe fn step4(acc: &mut [__m256i; TILE_C], w: *const u8, a: [*const i8; TILE_C], off: usize) {
+    // SAFETY: per the caller's contract.
+    unsafe {
+        let w = _mm256_loadu_si256(w as *const __m256i);
+        for c in 0..TILE_C {
+            let g = _mm256_set1_epi32(std::ptr::read_unaligned(a[c].add(off) as *const i32));
+            acc[c] = _mm256_dpbusd_epi32(acc[c], w, g);
         }
     }
 }
@@ -118,19 +154,13 @@ unsafe fn kernel(
     let mut facc = [_mm256_setzero_ps(); TILE_C];
     // SAFETY: b < nsb and k < 8, so every read is inside the caller's spans.
     unsafe {
-        let bcast = |p: *const i8| _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32));
         for b in 0..nsb {
             let mut acc = [_mm256_setzero_si256(); TILE_C];
             let wq = q.add(b * BLOCK_BYTES);
             macro_rules! step {
-                ($k:literal) => {{
-                    let w = _mm256_loadu_si256(wq.add(32 * $k) as *const __m256i);
-                    let off = act_off(b, $k);
-                    acc[0] = _mm256_dpbusd_epi32(acc[0], w, bcast(a[0].add(off)));
-                    acc[1] = _mm256_dpbusd_epi32(acc[1], w, bcast(a[1].add(off)));
-                    acc[2] = _mm256_dpbusd_epi32(acc[2], w, bcast(a[2].add(off)));
-                    acc[3] = _mm256_dpbusd_epi32(acc[3], w, bcast(a[3].add(off)));
-                }};
+                ($k:literal) => {
+                    step4(&mut acc, wq.add(32 * $k), a, act_off(b, $k))
+                };
             }
             step!(0);
             step!(1);
@@ -149,12 +179,7 @@ unsafe fn kernel(
             }
         }
     }
-    facc.map(|v| {
-        let mut o = [0.0f32; GROUP];
-        // SAFETY: `o` is 8 f32s.
-        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), v) };
-        o
-    })
+    spill(facc)
 }
 
 /// Interleaves one row's unpacked blocks (pair order, `nsb * 32` bytes as `unpack_q5_0`
@@ -288,13 +313,7 @@ pub(crate) fn strip_k(s: &StripK8, res: &mut [f32]) {
                 kernel_k::<false>(n, p, f, a, bs, s.da.as_ptr(), s.da_stride)
             }
         };
-        let r0 = g * GROUP;
-        let nr = (s.rows - r0).min(GROUP);
-        for (c, tc) in t.iter().enumerate().take(s.nc) {
-            for (rr, &v) in tc.iter().enumerate().take(nr) {
-                res[c * s.rows + r0 + rr] += v;
-            }
-        }
+        add_group(res, &t, g, s.rows, s.nc);
     }
 }
 
@@ -331,12 +350,8 @@ unsafe fn kernel_k<const Q6: bool>(
                 let mut acc = [_mm256_setzero_si256(); TILE_C];
                 macro_rules! step {
                     ($s:literal) => {{
-                        let w = _mm256_loadu_si256(wq.add(32 * (gs * j + $s)) as *const __m256i);
                         let off = if Q6 { 16 * j + 4 * $s } else { 32 * $s + 4 * j };
-                        acc[0] = _mm256_dpbusd_epi32(acc[0], w, bcast(ap[0].add(off)));
-                        acc[1] = _mm256_dpbusd_epi32(acc[1], w, bcast(ap[1].add(off)));
-                        acc[2] = _mm256_dpbusd_epi32(acc[2], w, bcast(ap[2].add(off)));
-                        acc[3] = _mm256_dpbusd_epi32(acc[3], w, bcast(ap[3].add(off)));
+                        step4(&mut acc, wq.add(32 * (gs * j + $s)) as *const u8, ap, off)
                     }};
                 }
                 step!(0);
@@ -374,12 +389,7 @@ unsafe fn kernel_k<const Q6: bool>(
             }
         }
     }
-    facc.map(|v| {
-        let mut o = [0.0f32; GROUP];
-        // SAFETY: `o` is 8 f32s.
-        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), v) };
-        o
-    })
+    spill(facc)
 }
 
 /// The panel arrays of one 8-row group (mutable), for [`scatter_row_k`] / [`zero_row_k`].
