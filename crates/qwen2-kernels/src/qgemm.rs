@@ -775,8 +775,7 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
             #[cfg(target_arch = "x86_64")]
             if k8 {
                 use crate::x86::vnni_qgemm::{
-                    kscales, scatter_row_k, scatter_row_k6, zero_row_k, GroupK, GROUP,
-                    KBLOCK_BYTES, KSCALES,
+                    kscales, scatter_row_k, zero_row_k, GroupK, GROUP, KBLOCK_BYTES, KSCALES,
                 };
                 let scs = kscales(k6);
                 for g in 0..nrp / GROUP {
@@ -802,7 +801,7 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
                                     &mut tsc[..16],
                                     &mut tom[..16],
                                 );
-                                scatter_row_k6(i, tq, tsc, tom, ds, rr, &mut gk);
+                                scatter_row_k(true, i, tq, tsc, tom, ds, rr, &mut gk);
                             } else {
                                 let ds = (k.unpack)(
                                     ty,
@@ -811,7 +810,7 @@ pub(crate) fn matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [
                                     &mut tsc[..16],
                                     &mut tom[..16],
                                 );
-                                scatter_row_k(i, tq, tsc, tom, ds, rr, &mut gk);
+                                scatter_row_k(false, i, tq, tsc, tom, ds, rr, &mut gk);
                             }
                         }
                     }
@@ -1682,7 +1681,7 @@ mod tests {
             };
             let panel = KPanel::build(rows, nsb, false, |u, sb, rr, gk| {
                 let (q, sc, om) = (&q[u * QK_K..], &sc[u * 16..], &om[u * 16..]);
-                scatter_row_k(sb, q, sc, om, (dw[u], dm[u]), rr, gk);
+                scatter_row_k(false, sb, q, sc, om, (dw[u], dm[u]), rr, gk);
             });
             let new = panel.strip(false, &old, old.a);
             assert_strip_bitwise(&old, tile_scalar, |res| strip_k(&new, res));
@@ -1695,7 +1694,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn vnni_strip_k6_equals_scalar_twin_bitwise() {
-        use crate::x86::vnni_qgemm::{scatter_row_k6, strip_k};
+        use crate::x86::vnni_qgemm::{scatter_row_k, strip_k};
         if !crate::isa::vnni_available() {
             eprintln!("skipped: this CPU has no AVX-512 VNNI");
             return;
@@ -1768,7 +1767,7 @@ mod tests {
             };
             let panel = KPanel::build(rows, nsb, true, |u, sb, rr, gk| {
                 let (q, sc) = (&qn[u * QK_K..], &sc[u * 16..]);
-                scatter_row_k6(sb, q, sc, sc, (dw[u], dm[u]), rr, gk);
+                scatter_row_k(true, sb, q, sc, sc, (dw[u], dm[u]), rr, gk);
             });
             let new = panel.strip(true, &old, std::array::from_fn(|c| an8[c]));
             assert_strip_bitwise(&old, tile_scalar, |res| strip_k(&new, res));

@@ -204,13 +204,7 @@ macro_rules! q32_tile {
             ad: [*const f32; C],
         ) -> [[f32; C]; R] {
             // SAFETY: per the caller's contract; VNNI only where `vnni()` confirmed it.
-            unsafe {
-                if crate::isa::vnni() {
-                    $kernel_v::<R, C, true>(nb, w, a, ad)
-                } else {
-                    $kernel_v::<R, C, false>(nb, w, a, ad)
-                }
-            }
+            unsafe { vnni_form!($kernel_v::<R, C>(nb, w, a, ad)) }
         }
 
         /// The body; `V`: each block's products summed by one `vpdpbusd` from zero instead of
@@ -506,13 +500,7 @@ pub(crate) unsafe fn q6_k_k<const R: usize, const C: usize>(
     ad: [*const f32; C],
 ) -> [[f32; C]; R] {
     // SAFETY: per the caller's contract; VNNI only where `vnni()` confirmed it.
-    unsafe {
-        if crate::isa::vnni() {
-            q6_k_kv::<R, C, true>(nb, w, a, ad)
-        } else {
-            q6_k_kv::<R, C, false>(nb, w, a, ad)
-        }
-    }
+    unsafe { vnni_form!(q6_k_kv::<R, C>(nb, w, a, ad)) }
 }
 
 /// [`q6_k_k`]'s body; `V`: the group scales applied and accumulated by one `vpdpwssd` (the
@@ -716,13 +704,7 @@ pub(crate) unsafe fn q4_kr_k<const R: usize, const C: usize>(
     ad: [*const f32; C],
 ) -> [[f32; C]; R] {
     // SAFETY: per the caller's contract; VNNI only where `vnni()` confirmed it.
-    unsafe {
-        if crate::isa::vnni() {
-            q4_kr_kv::<R, C, true>(nb, w, a, ad)
-        } else {
-            q4_kr_kv::<R, C, false>(nb, w, a, ad)
-        }
-    }
+    unsafe { vnni_form!(q4_kr_kv::<R, C>(nb, w, a, ad)) }
 }
 
 /// [`q4_kr_k`]'s body; `V`: each step's two products per row added into i32 lanes by
@@ -1059,13 +1041,7 @@ pub(crate) unsafe fn r8_dot<const C: usize>(
     a: [*const u8; C],
 ) -> [f32; C] {
     // SAFETY: per the caller's contract; VNNI only where `vnni()` confirmed it.
-    unsafe {
-        if crate::isa::vnni() {
-            r8_dotv::<C, true>(nb, w, a)
-        } else {
-            r8_dotv::<C, false>(nb, w, a)
-        }
-    }
+    unsafe { vnni_form!(r8_dotv::<C>(nb, w, a)) }
 }
 
 /// [`r8_dot`]'s body; `V`: per block pair and column two `vpdpbusd` from zero (4 i32 lanes per

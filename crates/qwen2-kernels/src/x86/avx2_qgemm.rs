@@ -22,13 +22,7 @@ pub(crate) fn tile(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
     // SAFETY: this tile is only handed out by `qgemm::kernels` for `Isa::Avx2` or higher, which
     // is selected only after `Isa::is_available` confirmed avx2+fma+f16c; `tile_checked`
     // bounds every read of the kernel.
-    unsafe {
-        if crate::isa::vnni() {
-            kernel::<false, true>(t)
-        } else {
-            kernel::<false, false>(t)
-        }
-    }
+    unsafe { vnni_form!(kernel::<false>(t)) }
 }
 
 /// Q4_K's tile (see [`kernel`]): quants must be below 16, or the i16 sums may saturate, and
@@ -37,13 +31,7 @@ pub(crate) fn tile(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
 pub(crate) fn tile_q4k(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
     tile_checked(t);
     // SAFETY: as for `tile` (VNNI only where `vnni()` confirmed it).
-    unsafe {
-        if crate::isa::vnni() {
-            kernel::<true, true>(t)
-        } else {
-            kernel::<true, false>(t)
-        }
-    }
+    unsafe { vnni_form!(kernel::<true>(t)) }
 }
 
 fn tile_checked(t: &QTileArgs) {
@@ -90,13 +78,7 @@ pub(crate) fn strip(s: &QStrip, res: &mut [f32]) {
     strip_checked(s, res, SC_LANES);
     // SAFETY: AVX2 only (see `tile`); `strip_checked` bounds every slice `strip_kernel` builds;
     // VNNI only where `vnni()` confirmed it.
-    unsafe {
-        if crate::isa::vnni() {
-            strip_kernel::<false, false, true>(s, res)
-        } else {
-            strip_kernel::<false, false, false>(s, res)
-        }
-    }
+    unsafe { vnni_form!(strip_kernel::<false, false>(s, res)) }
 }
 
 /// Safe entry of a Q4_K strip (quants below 16, see [`tile_q4k`]).
@@ -104,13 +86,7 @@ pub(crate) fn strip_q4k(s: &QStrip, res: &mut [f32]) {
     assert!(s.unit == QK_K && s.sc_stride > 0, "k-quant strip");
     strip_checked(s, res, SC_LANES);
     // SAFETY: as for `strip`.
-    unsafe {
-        if crate::isa::vnni() {
-            strip_kernel::<false, true, true>(s, res)
-        } else {
-            strip_kernel::<false, true, false>(s, res)
-        }
-    }
+    unsafe { vnni_form!(strip_kernel::<false, true>(s, res)) }
 }
 
 /// Safe entry of a 32-value-block strip (see [`strip`]).
@@ -128,13 +104,7 @@ pub(crate) fn strip32(s: &QStrip, res: &mut [f32]) {
         "qgemm strip32 scales"
     );
     // SAFETY: as for `strip`.
-    unsafe {
-        if crate::isa::vnni() {
-            strip_kernel::<true, false, true>(s, res)
-        } else {
-            strip_kernel::<true, false, false>(s, res)
-        }
-    }
+    unsafe { vnni_form!(strip_kernel::<true, false>(s, res)) }
 }
 
 /// The length checks shared by both strips (`sc_lanes` group-scale lanes per unit).
@@ -857,13 +827,7 @@ pub(crate) fn tile32(t: &QTileArgs) -> [[f32; TILE_C]; TILE_R] {
     assert!(ok, "qgemm tile32 operands shorter than nsb = {}", t.nsb);
     // SAFETY: as for `tile` (handed out only on AVX2; lengths checked above; VNNI only where
     // `vnni()` confirmed it).
-    unsafe {
-        if crate::isa::vnni() {
-            kernel32::<true>(t)
-        } else {
-            kernel32::<false>(t)
-        }
-    }
+    unsafe { vnni_form!(kernel32(t)) }
 }
 
 /// One weight row's block pair against the tile's 4 activation rows: per column the two

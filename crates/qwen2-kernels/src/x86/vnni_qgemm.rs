@@ -350,7 +350,7 @@ unsafe fn kernel_k<const Q6: bool>(
                 let mut acc = [_mm256_setzero_si256(); TILE_C];
                 macro_rules! step {
                     ($s:literal) => {{
-                        let off = if Q6 { 16 * j + 4 * $s } else { 32 * $s + 4 * j };
+                        let off = k_off(Q6, j, $s);
                         step4(&mut acc, wq.add(32 * (gs * j + $s)) as *const u8, ap, off)
                     }};
                 }
@@ -401,38 +401,24 @@ pub(crate) struct GroupK<'a> {
     pub dm: &'a mut [f32],
 }
 
-/// Interleaves super-block `sb` of one row, as the k-quant unpack writes it (256 quants in
-/// panel order, 16 group-scale lanes of which lane `2 j` is sub-block `j`'s, 16 offset
-/// multipliers, `d`, `dm`), into lane `rr` of an 8-row group's panel.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn scatter_row_k(
-    sb: usize,
-    q: &[u8],
-    sc: &[i16],
-    om: &[i16],
-    (d, dm): (f32, f32),
-    rr: usize,
-    g: &mut GroupK,
-) {
-    assert!(rr < GROUP && q.len() >= 256 && sc.len() >= 16 && om.len() >= 16);
-    let dst = &mut g.q[sb * KBLOCK_BYTES..(sb + 1) * KBLOCK_BYTES];
-    for j in 0..8 {
-        for s in 0..8 {
-            let (o, u) = (32 * s + 4 * j, 8 * j + s);
-            dst[32 * u + 4 * rr..32 * u + 4 * rr + 4].copy_from_slice(&q[o..o + 4]);
-        }
-        g.sc[sb * KSCALES + 8 * j + rr] = sc[2 * j] as i32;
-        let pair = (om[2 * j] as u16 as u32) | ((om[2 * j + 1] as u16 as u32) << 16);
-        g.om[sb * KSCALES + 8 * j + rr] = pair as i32;
+/// Where step `s` of scale group `j` reads its 4 activation values in a super-block: Q6_K
+/// (`q6`) natural order, value `16 j + 4 s`; Q4_K panel order (`qgemm::kpos`), `32 s + 4 j`.
+#[inline(always)]
+const fn k_off(q6: bool, j: usize, s: usize) -> usize {
+    if q6 {
+        16 * j + 4 * s
+    } else {
+        32 * s + 4 * j
     }
-    g.d[sb * GROUP + rr] = d;
-    g.dm[sb * GROUP + rr] = dm;
 }
 
-/// Interleaves super-block `sb` of one Q6_K row (256 unsigned quants in natural order, its 16
-/// group scales and 16 offset multipliers, `d`, `dm`) into lane `rr` of an 8-row group's panel.
+/// Interleaves super-block `sb` of one row into lane `rr` of an 8-row group's panel, from
+/// what the unpackers write: 256 quants (Q6_K, `q6`: natural order, `unpack_q6k_natural`;
+/// Q4_K: panel order, `unpack_block`), 16 group-scale lanes (Q6_K: lane `j` is group `j`'s;
+/// Q4_K: lane `2 j` is sub-block `j`'s), 16 offset multipliers, `d` and `dm`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn scatter_row_k6(
+pub(crate) fn scatter_row_k(
+    q6: bool,
     sb: usize,
     q: &[u8],
     sc: &[i16],
@@ -442,13 +428,18 @@ pub(crate) fn scatter_row_k6(
     g: &mut GroupK,
 ) {
     assert!(rr < GROUP && q.len() >= 256 && sc.len() >= 16 && om.len() >= 16);
+    let (ng, gs, scs) = if q6 {
+        (16, 4, KSCALES6)
+    } else {
+        (8, 8, KSCALES)
+    };
     let dst = &mut g.q[sb * KBLOCK_BYTES..(sb + 1) * KBLOCK_BYTES];
-    for (j, &scj) in sc[..16].iter().enumerate() {
-        for s in 0..4 {
-            let (o, u) = (16 * j + 4 * s, 4 * j + s);
+    for j in 0..ng {
+        for s in 0..gs {
+            let (o, u) = (k_off(q6, j, s), gs * j + s);
             dst[32 * u + 4 * rr..32 * u + 4 * rr + 4].copy_from_slice(&q[o..o + 4]);
         }
-        g.sc[sb * KSCALES6 + 8 * j + rr] = scj as i32;
+        g.sc[sb * scs + 8 * j + rr] = sc[if q6 { j } else { 2 * j }] as i32;
     }
     for p in 0..8 {
         let pair = (om[2 * p] as u16 as u32) | ((om[2 * p + 1] as u16 as u32) << 16);
