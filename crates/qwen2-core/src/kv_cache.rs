@@ -276,12 +276,24 @@ impl KvCache {
     /// prefix caching, where another sequence that starts with the same tokens goes on from
     /// there.
     pub fn clone_prefix(&self, len: usize) -> KvCache {
+        self.clone_prefix_with_room(len, 0)
+    }
+
+    /// [`KvCache::clone_prefix`] with room for `room` more tokens allocated up front (a
+    /// branch that is about to grow by a known count is not copied again as it grows).
+    pub fn clone_prefix_with_room(&self, len: usize, room: usize) -> KvCache {
         let len = len.min(self.len);
         let n = len * self.row_units;
+        let cap = (len + room).min(self.ctx) * self.row_units;
+        fn copy<T: Copy>(v: &[T], cap: usize) -> Vec<T> {
+            let mut out = Vec::with_capacity(cap.max(v.len()));
+            out.extend_from_slice(v);
+            out
+        }
         let cut = |b: &Buf| match b {
-            Buf::F32(v) => Buf::F32(v[..n].to_vec()),
-            Buf::F16(v) => Buf::F16(v[..n].to_vec()),
-            Buf::Q8(v) => Buf::Q8(v[..n].to_vec()),
+            Buf::F32(v) => Buf::F32(copy(&v[..n], cap)),
+            Buf::F16(v) => Buf::F16(copy(&v[..n], cap)),
+            Buf::Q8(v) => Buf::Q8(copy(&v[..n], cap)),
         };
         KvCache {
             k: self.k.iter().map(cut).collect(),

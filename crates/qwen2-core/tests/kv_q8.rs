@@ -79,8 +79,11 @@ fn q8_0_kv_prefix_clone_and_truncate() {
     // A branch from the first `cut` tokens, and the same cache rewound there, both go on to the
     // same logits as the whole pass (rows are whole Q8_0 blocks, so cuts land on row bounds).
     let mut branch = cache.clone_prefix(cut);
+    // (One with the room it will grow into allocated up front: the same.)
+    let mut roomy = cache.clone_prefix_with_room(cut, input.len() - cut);
+    assert_eq!((roomy.len(), branch.len()), (cut, cut));
     cache.truncate(cut);
-    for c in [&mut branch, &mut cache] {
+    for c in [&mut branch, &mut roomy, &mut cache] {
         let rest = lm.model.forward(&input[cut..], c, Logits::All).unwrap();
         assert!(max_abs_diff(&rest, &whole[cut * vocab..]) <= 1e-4);
     }

@@ -170,6 +170,11 @@ pub struct Runner<'a> {
     pub out_dir: &'a Path,
 }
 
+/// Multiple-choice items scored per batch: enough that the weights' per-pass costs (unpacking
+/// panels, the LM head) spread over several items; few enough that an interrupted run loses
+/// little (records are written per batch).
+const MC_BATCH: usize = 8;
+
 /// A task's work, item by item: an id and a closure-free description to score.
 enum Work {
     Mc(Vec<McItem>),
@@ -384,36 +389,42 @@ impl Runner<'_> {
             .open(&samples_path)
             .map_err(io(&samples_path))?;
         let limit = |n: usize| self.cfg.limit.map_or(n, |l| l.min(n));
-        // The ids of the items to run, and how to score item `i` into its record.
-        type ScoreFn<'s> = Box<dyn FnMut(usize) -> Result<Json> + 's>;
+        // The ids of the items to run, how to score a batch of them into their records, and
+        // how many to batch: multiple-choice items share passes (`Scorer::score_batch`).
+        type ScoreFn<'s> = Box<dyn FnMut(&[usize]) -> Result<Vec<Json>> + 's>;
         let sc = &mut scorer;
         let max_gen = self.cfg.max_gen_tokens_for(task).unwrap_or(0);
-        let (ids, mut score): (Vec<&str>, ScoreFn<'_>) = match &work {
+        let (ids, mut score, batch): (Vec<&str>, ScoreFn<'_>, usize) = match &work {
             Work::Mc(items) => {
                 let items = &items[..limit(items.len())];
                 let ids = items.iter().map(|i| i.id.as_str()).collect();
-                (ids, Box::new(move |i| self.score_mc(sc, &items[i])))
+                let score = move |b: &[usize]| {
+                    let batch: Vec<&McItem> = b.iter().map(|&i| &items[i]).collect();
+                    self.score_mc(sc, &batch)
+                };
+                (ids, Box::new(score), MC_BATCH)
             }
             Work::Gen(items) => {
                 let items = &items[..limit(items.len())];
                 let ids = items.iter().map(|i| i.id.as_str()).collect();
-                (
-                    ids,
-                    Box::new(move |i| self.score_gen(sc, &items[i], max_gen)),
-                )
+                let score = move |b: &[usize]| {
+                    b.iter()
+                        .map(|&i| self.score_gen(sc, &items[i], max_gen))
+                        .collect()
+                };
+                (ids, Box::new(score), 1)
             }
         };
         let total = ids.len();
-        let mut n_done = ids.iter().filter(|id| done.contains(**id)).count();
+        let todo: Vec<usize> = (0..total).filter(|&i| !done.contains(ids[i])).collect();
+        let mut n_done = total - todo.len();
         progress(n_done, total);
-        for (i, id) in ids.iter().enumerate() {
-            if done.contains(*id) {
-                continue;
+        for b in todo.chunks(batch) {
+            for rec in score(b)? {
+                append(&mut out, &samples_path, &rec)?;
+                records.push(rec);
+                n_done += 1;
             }
-            let rec = score(i)?;
-            append(&mut out, &samples_path, &rec)?;
-            records.push(rec);
-            n_done += 1;
             progress(n_done, total);
         }
         drop(score);
@@ -457,51 +468,62 @@ impl Runner<'_> {
         judge(&item.id, &sha256_hex(&prompt), text, &item.check)
     }
 
-    fn score_mc(&self, scorer: &mut Scorer<'_>, item: &McItem) -> Result<Json> {
-        let mut lls = Vec::with_capacity(item.requests.len());
-        let mut greedy = Vec::new();
-        let mut ntok = Vec::new();
-        let mut bytes = Vec::new();
-        let mut h = Sha256::new();
-        for r in &item.requests {
-            let (ctx, cont) = if self.cfg.chat {
-                (self.render(&r.prompt)?, r.chat_continuation().to_string())
-            } else {
-                (r.context.clone(), r.continuation.clone())
-            };
-            h.update(ctx.as_bytes());
-            h.update([0]);
-            let s = scorer.score(&ctx, &cont)?;
-            lls.push(s.loglik);
-            greedy.push(s.is_greedy);
-            ntok.push(s.n_tokens);
-            bytes.push(cont.len());
+    /// Multiple-choice items scored together (see [`Scorer::score_batch`]), their records in
+    /// order.
+    fn score_mc(&self, scorer: &mut Scorer<'_>, items: &[&McItem]) -> Result<Vec<Json>> {
+        let mut groups = Vec::with_capacity(items.len());
+        let mut metas = Vec::with_capacity(items.len());
+        for item in items {
+            let mut pairs = Vec::with_capacity(item.requests.len());
+            let mut bytes = Vec::new();
+            let mut h = Sha256::new();
+            for r in &item.requests {
+                let (ctx, cont) = if self.cfg.chat {
+                    (self.render(&r.prompt)?, r.chat_continuation().to_string())
+                } else {
+                    (r.context.clone(), r.continuation.clone())
+                };
+                h.update(ctx.as_bytes());
+                h.update([0]);
+                pairs.push(scorer.encode_pair(&ctx, &cont)?);
+                bytes.push(cont.len());
+            }
+            groups.push(pairs);
+            metas.push((crate::data::hex(&h.finalize()), bytes));
         }
+        let scores = scorer.score_batch(&groups)?;
         let argmax = |v: &[f64]| {
             v.iter()
                 .enumerate()
                 .fold(0, |b, (i, x)| if *x > v[b] { i } else { b })
         };
-        let normed: Vec<f64> = lls
-            .iter()
-            .zip(&item.choice_chars)
-            .map(|(l, &c)| l / c.max(1) as f64)
-            .collect();
-        let pred = argmax(&lls);
-        let pred_norm = argmax(&normed);
-        Ok(json!({
-            "id": item.id,
-            "prompt_sha256": crate::data::hex(&h.finalize()),
-            "loglik": lls,
-            "n_tokens": ntok,
-            "cont_bytes": bytes,
-            "is_greedy": greedy,
-            "gold": item.gold,
-            "pred": pred,
-            "pred_norm": pred_norm,
-            "acc": f64::from(u8::from(pred == item.gold)),
-            "acc_norm": f64::from(u8::from(pred_norm == item.gold)),
-        }))
+        let mut recs = Vec::with_capacity(items.len());
+        for ((item, (sha, bytes)), s) in items.iter().zip(metas).zip(scores) {
+            let lls: Vec<f64> = s.iter().map(|c| c.loglik).collect();
+            let greedy: Vec<bool> = s.iter().map(|c| c.is_greedy).collect();
+            let ntok: Vec<usize> = s.iter().map(|c| c.n_tokens).collect();
+            let normed: Vec<f64> = lls
+                .iter()
+                .zip(&item.choice_chars)
+                .map(|(l, &c)| l / c.max(1) as f64)
+                .collect();
+            let pred = argmax(&lls);
+            let pred_norm = argmax(&normed);
+            recs.push(json!({
+                "id": item.id,
+                "prompt_sha256": sha,
+                "loglik": lls,
+                "n_tokens": ntok,
+                "cont_bytes": bytes,
+                "is_greedy": greedy,
+                "gold": item.gold,
+                "pred": pred,
+                "pred_norm": pred_norm,
+                "acc": f64::from(u8::from(pred == item.gold)),
+                "acc_norm": f64::from(u8::from(pred_norm == item.gold)),
+            }));
+        }
+        Ok(recs)
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use qwen2_core::{load, Precision};
 use qwen2_eval::data::DataDir;
-use qwen2_eval::loglik::Scorer;
+use qwen2_eval::loglik::{Pair, Scorer};
 use qwen2_eval::{tasks, EvalConfig, Runner, Task};
 
 fn home() -> PathBuf {
@@ -64,9 +64,9 @@ fn shared_prefix_scores_equal_fresh_scores() {
         }
     }
     // Same tokens, same positions; the only difference is how the prefill is split into
-    // passes, which the quantized-activation matmuls see row by row.
+    // passes, and prompt rows are computed row by row: bitwise the same.
     assert!(
-        worst < 2e-3,
+        worst == 0.0,
         "prefix reuse changed a log-likelihood by {worst}"
     );
     // The cache did its job: 7 of 8 requests reused a prefix, the second question most of it.
@@ -76,6 +76,58 @@ fn shared_prefix_scores_equal_fresh_scores() {
         shared.reused_tokens,
         shared.computed_tokens
     );
+}
+
+#[test]
+fn batched_scores_are_bitwise_the_one_by_one_scores() {
+    let lm = load(&real_model(), Precision::Fast).unwrap();
+    let tok = lm.tokenizer().unwrap();
+    let d = data();
+    let test = d.mmlu("test").unwrap();
+    let dev = d.mmlu("dev").unwrap();
+    // Three questions on each side of a subject boundary (the batch is cut there: each run
+    // computes its own few-shot prefix once), then ARC-Challenge items, whose four endings
+    // of several tokens branch from their item's context.
+    let cut = test
+        .iter()
+        .position(|x| x.subject != test[0].subject)
+        .unwrap();
+    let mut items = tasks::mmlu::items(&test[cut - 3..cut + 3], &dev, 2);
+    let arc_test = d.arc_challenge_test().unwrap();
+    let arc_train = d.arc_challenge_train().unwrap();
+    items.extend(tasks::arc::items(&arc_test[..3], &arc_train, 1, 1234));
+    let mut batched = Scorer::new(&lm.model, tok, 4096, lm.eos_ids[0]);
+    let groups: Vec<Vec<Pair>> = items
+        .iter()
+        .map(|it| {
+            it.requests
+                .iter()
+                .map(|r| batched.encode_pair(&r.context, &r.continuation).unwrap())
+                .collect()
+        })
+        .collect();
+    let got = batched.score_batch(&groups).unwrap();
+    assert_eq!(got.len(), groups.len());
+    let mut single = Scorer::new(&lm.model, tok, 4096, lm.eos_ids[0]);
+    for (g, scores) in groups.iter().zip(&got) {
+        assert_eq!(scores.len(), g.len());
+        for ((ctx, cont), b) in g.iter().zip(scores) {
+            let a = single.score_tokens(ctx, cont).unwrap();
+            // Prompt rows are computed row by row, whatever shares their pass.
+            assert_eq!(a, *b, "batched and single scores differ");
+        }
+    }
+    // Batching recomputed no few-shot prefix (hundreds of tokens): at most the first words
+    // of a question that its predecessor happens to share beyond the run's common prefix.
+    assert!(
+        batched.computed_tokens <= single.computed_tokens + 2 * items.len(),
+        "batched computed {} tokens, one by one {}",
+        batched.computed_tokens,
+        single.computed_tokens
+    );
+    // A request without a continuation is refused, not scored.
+    let bad = vec![vec![(groups[0][0].0.clone(), Vec::new())]];
+    assert!(batched.score_batch(&bad).is_err());
 }
 
 #[test]

@@ -132,9 +132,13 @@ pub fn vnni_available() -> bool {
     }
 }
 
-/// Which SIMD path runtime dispatch picked, for logging.
+/// Which SIMD path runtime dispatch picked, for logging: `+vnni` where the AVX2 kernels take
+/// their VNNI forms ([`vnni`]).
 pub fn isa_name() -> &'static str {
-    detected_isa().name()
+    match detected_isa() {
+        Isa::Avx2 if vnni() => "avx2+vnni",
+        isa => isa.name(),
+    }
 }
 
 /// The `vec_dot` kernel for weight type `ty` on `isa`. `isa` must be available (callers check);

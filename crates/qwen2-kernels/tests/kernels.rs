@@ -431,7 +431,15 @@ fn errors_not_panics() {
 #[test]
 fn isa_name_is_reported() {
     let name = qwen2_kernels::isa_name();
-    assert!(["scalar", "avx2", "avx512vnni"].contains(&name), "{name}");
+    assert!(
+        ["scalar", "avx2", "avx2+vnni", "avx512vnni"].contains(&name),
+        "{name}"
+    );
+    // The VNNI forms are named where they run.
+    assert_eq!(
+        name == "avx2+vnni",
+        qwen2_kernels::detected_isa() == Isa::Avx2 && qwen2_kernels::vnni()
+    );
 }
 
 #[test]
