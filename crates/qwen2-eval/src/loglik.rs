@@ -93,18 +93,26 @@ impl Group {
 
     /// The requests' scores from their inputs' logit rows (`rows[i]` for leaf `i`).
     fn scores(&self, rows: &[&[f32]], vocab: usize) -> Result<Vec<ContScore>> {
+        // Each row's normalizer once, however many requests read it (MMLU's four answers
+        // share one row: its 151,936 exponentials were ~3% of an item, on one thread).
+        let norms = rows
+            .iter()
+            .map(|r| r.chunks(vocab.max(1)).map(RowNorm::of).collect())
+            .collect::<Result<Vec<Vec<RowNorm>>>>()?;
         self.reqs
             .iter()
             .map(|(leaf, cont)| {
-                cont_score(rows.get(*leaf).copied().unwrap_or_default(), cont, vocab)
+                let logits = rows.get(*leaf).copied().unwrap_or_default();
+                let norms = norms.get(*leaf).map_or(&[][..], |n| &n[..]);
+                cont_score(logits, norms, cont, vocab)
             })
             .collect()
     }
 }
 
-/// The score of `cont` from its logit rows.
-fn cont_score(logits: &[f32], cont: &[u32], vocab: usize) -> Result<ContScore> {
-    if logits.len() != cont.len() * vocab {
+/// The score of `cont` from its logit rows and their normalizers.
+fn cont_score(logits: &[f32], norms: &[RowNorm], cont: &[u32], vocab: usize) -> Result<ContScore> {
+    if logits.len() != cont.len() * vocab || norms.len() != cont.len() {
         return Err(Error::Invalid(format!(
             "expected {} logit rows, got {}",
             cont.len(),
@@ -113,16 +121,47 @@ fn cont_score(logits: &[f32], cont: &[u32], vocab: usize) -> Result<ContScore> {
     }
     let mut loglik = 0.0f64;
     let mut is_greedy = true;
-    for (row, &t) in logits.chunks_exact(vocab).zip(cont) {
-        let (lp, argmax) = log_prob(row, t as usize)?;
-        loglik += lp;
-        is_greedy &= argmax == t as usize;
+    for ((row, &t), n) in logits.chunks_exact(vocab).zip(cont).zip(norms) {
+        loglik += n.log_prob(row, t as usize)?;
+        is_greedy &= n.argmax == t as usize;
     }
     Ok(ContScore {
         loglik,
         is_greedy,
         n_tokens: cont.len(),
     })
+}
+
+/// A logit row's log-softmax normalizer (its max and the log of its shifted exponentials'
+/// sum, in f64) and its argmax.
+struct RowNorm {
+    max: f64,
+    ln_sum: f64,
+    argmax: usize,
+}
+
+impl RowNorm {
+    fn of(row: &[f32]) -> Result<RowNorm> {
+        let am = argmax(row)? as usize;
+        let max = row[am] as f64;
+        let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+        Ok(RowNorm {
+            max,
+            ln_sum: sum.ln(),
+            argmax: am,
+        })
+    }
+
+    /// log-softmax of `row` (the row this was made of) at `target`.
+    fn log_prob(&self, row: &[f32], target: usize) -> Result<f64> {
+        match row.get(target) {
+            Some(&x) => Ok(x as f64 - self.max - self.ln_sum),
+            None => Err(Error::Invalid(format!(
+                "token {target} is outside the vocabulary ({})",
+                row.len()
+            ))),
+        }
+    }
 }
 
 /// Tokens run after a copy of `base`, logits as `logits` asks; `keep`: the cache is wanted
@@ -504,10 +543,8 @@ pub fn log_prob(row: &[f32], target: usize) -> Result<(f64, usize)> {
             row.len()
         )));
     }
-    let am = argmax(row)? as usize;
-    let max = row[am] as f64;
-    let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
-    Ok((row[target] as f64 - max - sum.ln(), am))
+    let n = RowNorm::of(row)?;
+    Ok((n.log_prob(row, target)?, n.argmax))
 }
 
 /// Index of the largest value (the first one on ties, as torch's argmax).
