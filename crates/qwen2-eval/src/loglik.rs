@@ -85,10 +85,7 @@ impl Group {
 
     /// The tokens all of the group's inputs share, up to the first position any needs logits.
     fn shared(&self) -> usize {
-        let l0 = &self.leaves[0].input;
-        self.leaves.iter().fold(usize::MAX, |p, l| {
-            p.min(l.first_out).min(common_prefix(l0, &l.input))
-        })
+        shared_len(&self.leaves)
     }
 
     /// The requests' scores from their inputs' logit rows (`rows[i]` for leaf `i`).
@@ -108,6 +105,17 @@ impl Group {
             })
             .collect()
     }
+}
+
+/// The tokens all of `leaves`' inputs share, up to the first position any needs logits.
+fn shared_len<'a>(leaves: impl IntoIterator<Item = &'a Leaf>) -> usize {
+    let mut leaves = leaves.into_iter().peekable();
+    let Some(l0) = leaves.peek().map(|l| &l.input) else {
+        return 0;
+    };
+    leaves.fold(usize::MAX, |p, l| {
+        p.min(l.first_out).min(common_prefix(l0, &l.input))
+    })
 }
 
 /// The score of `cont` from its logit rows and their normalizers.
@@ -355,6 +363,9 @@ impl<'m> Scorer<'m> {
             .iter()
             .map(|g| Group::new(g))
             .collect::<Result<Vec<_>>>()?;
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut out = Vec::with_capacity(groups.len());
         let mut start = 0;
         for end in self.run_ends(&groups) {
@@ -401,12 +412,7 @@ impl<'m> Scorer<'m> {
         // The prefix every input of the run shares, up to the first position any needs
         // logits: computed once, into the cache the next run starts from.
         let l0 = &groups[0].leaves[0].input;
-        let p = groups
-            .iter()
-            .flat_map(|g| &g.leaves)
-            .fold(usize::MAX, |p, l| {
-                p.min(l.first_out).min(common_prefix(l0, &l.input))
-            });
+        let p = shared_len(groups.iter().flat_map(|g| &g.leaves));
         let keep = self.reuse(l0, p);
         if p > keep {
             self.cache.check_room(p - keep)?;

@@ -128,6 +128,8 @@ fn batched_scores_are_bitwise_the_one_by_one_scores() {
     // A request without a continuation is refused, not scored.
     let bad = vec![vec![(groups[0][0].0.clone(), Vec::new())]];
     assert!(batched.score_batch(&bad).is_err());
+    // Nothing to score is nothing scored.
+    assert!(batched.score_batch(&[]).unwrap().is_empty());
 }
 
 #[test]
