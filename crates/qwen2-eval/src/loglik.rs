@@ -543,12 +543,6 @@ impl<'m> Scorer<'m> {
 
 /// (log-softmax of `row` at `target`, the argmax of `row`), in f64.
 pub fn log_prob(row: &[f32], target: usize) -> Result<(f64, usize)> {
-    if target >= row.len() {
-        return Err(Error::Invalid(format!(
-            "token {target} is outside the vocabulary ({})",
-            row.len()
-        )));
-    }
     let n = RowNorm::of(row)?;
     Ok((n.log_prob(row, target)?, n.argmax))
 }
