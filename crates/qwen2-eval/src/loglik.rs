@@ -509,36 +509,156 @@ impl<'m> Scorer<'m> {
         stop: &[&str],
         eos: &[u32],
     ) -> Result<String> {
-        let mut p = self.encode(prompt)?;
-        if p.is_empty() {
-            p.push(self.empty_ctx_token);
-        }
-        let keep = self.reuse(&p, p.len() - 1);
-        self.cache.check_room(p.len() - keep)?;
-        let mut logits = self.feed(&p[keep..], Logits::Last, RowRole::Prompt)?;
-        let mut out: Vec<u32> = Vec::new();
-        let mut text = String::new();
-        for step in 0..max_new {
-            let next = argmax(&logits)?;
-            if eos.contains(&next) {
-                break;
-            }
-            out.push(next);
-            text = self
-                .tok
-                .decode(&out, true)
-                .map_err(|e| Error::Tokenizer(e.to_string()))?;
-            if let Some(cut) = stop.iter().filter_map(|s| text.find(s)).min() {
-                text.truncate(cut);
-                break;
-            }
-            if step + 1 == max_new || self.cache.len() + 1 > self.cache.ctx() {
-                break;
-            }
-            logits = self.feed(&[next], Logits::Last, RowRole::Decode)?;
-        }
-        Ok(text)
+        let req = GenRequest {
+            prompt,
+            max_new,
+            stop,
+        };
+        Ok(self.greedy_batch(&[req], eos)?.remove(0))
     }
+
+    /// [`Scorer::greedy`] for several prompts at once, each text bitwise what it gives alone.
+    ///
+    /// The prefix all prompts share is computed once (it stays in the cache for the next
+    /// call: GSM8K's fixed exemplars). Then up to [`GEN_SEQS`] sequences run on copies of it,
+    /// every step one batched pass for all of them: a newcomer's prompt rest as prompt rows,
+    /// the others' last tokens as decode rows; one that finishes leaves, and the next prompt
+    /// takes its place at once. Decode rows are computed by the same per-row arithmetic alone
+    /// or batched, prompt rows likewise, so batching changes the speed, never a token: decode
+    /// (memory bound alone) reads each weight once per step for all of them.
+    pub fn greedy_batch(&mut self, reqs: &[GenRequest<'_>], eos: &[u32]) -> Result<Vec<String>> {
+        let prompts = reqs
+            .iter()
+            .map(|r| {
+                let mut p = self.encode(r.prompt)?;
+                if p.is_empty() {
+                    p.push(self.empty_ctx_token);
+                }
+                Ok(p)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let Some(first) = prompts.first() else {
+            return Ok(Vec::new());
+        };
+        // The shared prefix, short of every prompt's last token (whose row gives the first
+        // logits).
+        let p = prompts.iter().fold(usize::MAX, |m, t| {
+            m.min(t.len() - 1).min(common_prefix(first, t))
+        });
+        let keep = self.reuse(first, p);
+        if p > keep {
+            self.cache.check_room(p - keep)?;
+            self.feed(&first[keep..p], Logits::None, RowRole::Prompt)?;
+        }
+        let mut texts: Vec<Option<String>> = vec![None; reqs.len()];
+        let mut active: Vec<GenSeq> = Vec::new();
+        let mut next = 0;
+        loop {
+            while active.len() < GEN_SEQS && next < reqs.len() {
+                let rest = prompts[next][p..].to_vec();
+                if reqs[next].max_new == 0 {
+                    texts[next] = Some(String::new());
+                    next += 1;
+                    continue;
+                }
+                let room = rest.len() + reqs[next].max_new;
+                let cache = self.cache.clone_prefix_with_room(p, room);
+                cache.check_room(rest.len())?;
+                self.reused_tokens += p;
+                active.push(GenSeq {
+                    req: next,
+                    cache,
+                    feed: rest,
+                    role: RowRole::Prompt,
+                    out: Vec::new(),
+                });
+                next += 1;
+            }
+            if active.is_empty() {
+                break;
+            }
+            // This pass: the sequences in order while their rows fit (the first always; a
+            // longer prompt rest runs alone, chunked).
+            let mut n = 0;
+            let mut rows = 0;
+            while n < active.len() && (n == 0 || rows + active[n].feed.len() <= PASS_ROWS) {
+                rows += active[n].feed.len();
+                n += 1;
+            }
+            let logits: Vec<Vec<f32>> = if n == 1 {
+                let s = &mut active[0];
+                vec![self
+                    .model
+                    .forward_as(&s.feed, &mut s.cache, Logits::Last, s.role)?]
+            } else {
+                let mut seqs: Vec<BatchSeq<'_>> = active[..n]
+                    .iter_mut()
+                    .map(|s| BatchSeq {
+                        tokens: &s.feed,
+                        cache: &mut s.cache,
+                        logits: Logits::Last,
+                        role: s.role,
+                    })
+                    .collect();
+                self.model
+                    .forward_batch(&mut seqs)?
+                    .into_iter()
+                    .collect::<std::result::Result<_, _>>()?
+            };
+            self.computed_tokens += rows;
+            let mut done = Vec::new();
+            for (i, row) in logits.iter().enumerate() {
+                let s = &mut active[i];
+                let r = &reqs[s.req];
+                let tok = argmax(row)?;
+                if eos.contains(&tok) {
+                    done.push((i, self.detok(&s.out)?));
+                    continue;
+                }
+                s.out.push(tok);
+                let mut text = self.detok(&s.out)?;
+                if let Some(cut) = r.stop.iter().filter_map(|st| text.find(st)).min() {
+                    text.truncate(cut);
+                    done.push((i, text));
+                } else if s.out.len() == r.max_new || s.cache.len() + 1 > s.cache.ctx() {
+                    done.push((i, text));
+                } else {
+                    s.feed = vec![tok];
+                    s.role = RowRole::Decode;
+                }
+            }
+            for (i, text) in done.into_iter().rev() {
+                texts[active.remove(i).req] = Some(text);
+            }
+        }
+        Ok(texts.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    fn detok(&self, ids: &[u32]) -> Result<String> {
+        self.tok
+            .decode(ids, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+}
+
+/// One request of [`Scorer::greedy_batch`]: a prompt, its token limit and stop strings.
+pub struct GenRequest<'a> {
+    pub prompt: &'a str,
+    pub max_new: usize,
+    pub stop: &'a [&'a str],
+}
+
+/// Most sequences generating at once in [`Scorer::greedy_batch`] (each on its own KV copy):
+/// enough that decode is no longer bound by reading the weights.
+const GEN_SEQS: usize = 8;
+
+/// A sequence of [`Scorer::greedy_batch`]: its request, cache, next input and output so far.
+struct GenSeq {
+    req: usize,
+    cache: KvCache,
+    feed: Vec<u32>,
+    role: RowRole,
+    out: Vec<u32>,
 }
 
 /// (log-softmax of `row` at `target`, the argmax of `row`), in f64.

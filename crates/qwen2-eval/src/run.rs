@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::data::DataDir;
 use crate::error::{io, Error, Result};
-use crate::loglik::Scorer;
+use crate::loglik::{GenRequest, Scorer};
 use crate::report::{mean_stderr, Metric, TaskResult};
 use crate::tasks::{self, McItem};
 
@@ -174,6 +174,11 @@ pub struct Runner<'a> {
 /// panels, the LM head) spread over several items; few enough that an interrupted run loses
 /// little (records are written per batch).
 const MC_BATCH: usize = 8;
+
+/// Generation items per batch: twice the sequences that decode at once
+/// (`Scorer::greedy_batch`), so a finished one's place is taken by the next item for most of
+/// the batch; records are written per batch.
+const GEN_BATCH: usize = 16;
 
 /// A task's work, item by item: an id and a closure-free description to score.
 enum Work {
@@ -408,11 +413,10 @@ impl Runner<'_> {
                 let items = &items[..limit(items.len())];
                 let ids = items.iter().map(|i| i.id.as_str()).collect();
                 let score = move |b: &[usize]| {
-                    b.iter()
-                        .map(|&i| self.score_gen(sc, &items[i], max_gen))
-                        .collect()
+                    let batch: Vec<&GenItem> = b.iter().map(|&i| &items[i]).collect();
+                    self.score_gen(sc, &batch, max_gen)
                 };
-                (ids, Box::new(score), 1)
+                (ids, Box::new(score), GEN_BATCH)
             }
         };
         let total = ids.len();
@@ -448,24 +452,41 @@ impl Runner<'_> {
         })
     }
 
-    /// Greedy generation for `item` (at most `max_tokens` tokens), judged.
+    /// Greedy generations for `items` (at most `max_tokens` tokens each, see
+    /// [`Scorer::greedy_batch`]), judged, their records in order.
     fn score_gen(
         &self,
         scorer: &mut Scorer<'_>,
-        item: &GenItem,
+        items: &[&GenItem],
         max_tokens: usize,
-    ) -> Result<Json> {
-        let prompt = self.render(&item.prompt)?;
-        let stop: &[&str] = match item.check {
-            Check::Number(_) => &tasks::gsm8k::STOP,
-            Check::HumanEval(_) => &tasks::humaneval::STOP,
-            Check::Math(..) => &tasks::math::STOP,
-            Check::Mbpp(_) => &tasks::mbpp::STOP,
-            Check::HumanEvalInstruct(_) => &tasks::humaneval_instruct::STOP,
-            Check::MbppInstruct(_) => &tasks::mbpp_instruct::STOP,
-        };
-        let text = scorer.greedy(&prompt, max_tokens, stop, &self.model.eos_ids)?;
-        judge(&item.id, &sha256_hex(&prompt), text, &item.check)
+    ) -> Result<Vec<Json>> {
+        let prompts = items
+            .iter()
+            .map(|item| self.render(&item.prompt))
+            .collect::<Result<Vec<String>>>()?;
+        let reqs: Vec<GenRequest<'_>> = items
+            .iter()
+            .zip(&prompts)
+            .map(|(item, prompt)| GenRequest {
+                prompt,
+                max_new: max_tokens,
+                stop: match item.check {
+                    Check::Number(_) => &tasks::gsm8k::STOP,
+                    Check::HumanEval(_) => &tasks::humaneval::STOP,
+                    Check::Math(..) => &tasks::math::STOP,
+                    Check::Mbpp(_) => &tasks::mbpp::STOP,
+                    Check::HumanEvalInstruct(_) => &tasks::humaneval_instruct::STOP,
+                    Check::MbppInstruct(_) => &tasks::mbpp_instruct::STOP,
+                },
+            })
+            .collect();
+        let texts = scorer.greedy_batch(&reqs, &self.model.eos_ids)?;
+        items
+            .iter()
+            .zip(&prompts)
+            .zip(texts)
+            .map(|((item, prompt), text)| judge(&item.id, &sha256_hex(prompt), text, &item.check))
+            .collect()
     }
 
     /// Multiple-choice items scored together (see [`Scorer::score_batch`]), their records in

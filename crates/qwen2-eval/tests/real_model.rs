@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use qwen2_core::{load, Precision};
 use qwen2_eval::data::DataDir;
-use qwen2_eval::loglik::{Pair, Scorer};
+use qwen2_eval::loglik::{GenRequest, Pair, Scorer};
 use qwen2_eval::{tasks, EvalConfig, Runner, Task};
 
 fn home() -> PathBuf {
@@ -217,6 +217,63 @@ fn greedy_matches_the_engine_generate() {
     assert!(
         scorer.reused_tokens + 2 >= exemplar,
         "the exemplar prefix was not reused ({} of {exemplar})",
+        scorer.reused_tokens
+    );
+}
+
+#[test]
+fn batched_generations_are_the_engine_generations() {
+    // Ten GSM8K prompts in one `greedy_batch` (more than run at once, so finished sequences
+    // are replaced mid-batch), with different limits and, for some, a stop string: each text
+    // is what qwen2-core's `generate` gives alone at temperature 0, cut at the stop.
+    let lm = load(&real_model(), Precision::Fast).unwrap();
+    let tok = lm.tokenizer().unwrap();
+    let docs = data().gsm8k_test().unwrap();
+    let prompts: Vec<String> = docs[..10]
+        .iter()
+        .map(|d| tasks::gsm8k::prompt(d, 1))
+        .collect();
+    let stop: &[&str] = &["."];
+    let reqs: Vec<GenRequest<'_>> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| GenRequest {
+            prompt: p,
+            max_new: 6 + 3 * i,
+            stop: if i % 3 == 0 { stop } else { &[] },
+        })
+        .collect();
+    let mut scorer = Scorer::new(&lm.model, tok, 4096, lm.eos_ids[0]);
+    let ours = scorer.greedy_batch(&reqs, &lm.eos_ids).unwrap();
+    assert_eq!(ours.len(), reqs.len());
+    let mut stopped = 0;
+    for (r, ours) in reqs.iter().zip(&ours) {
+        let ids = tok.encode(r.prompt).unwrap();
+        let mut cache = lm.model.new_cache(4096);
+        let params = qwen2_core::GenerateParams {
+            max_new_tokens: r.max_new,
+            sampling: qwen2_core::SamplingParams::default(),
+            stop: Vec::new(),
+            eos_ids: lm.eos_ids.clone(),
+        };
+        let mut theirs =
+            qwen2_core::generate(&lm.model, tok, &mut cache, &ids, &params, &mut |_| true)
+                .unwrap()
+                .text;
+        if let Some(cut) = r.stop.iter().filter_map(|s| theirs.find(s)).min() {
+            theirs.truncate(cut);
+            stopped += 1;
+        }
+        assert_eq!(ours, &theirs, "max_new {}", r.max_new);
+    }
+    assert!(
+        stopped > 0,
+        "no stop string was met: the test checks nothing about stops"
+    );
+    // The shared exemplar was computed once, then copied for each sequence.
+    assert!(
+        scorer.reused_tokens >= 9 * 50,
+        "reused {}",
         scorer.reused_tokens
     );
 }
