@@ -60,8 +60,18 @@ fn add_group(res: &mut [f32], t: &[[f32; GROUP]; TILE_C], g: usize, rows: usize,
     let r0 = g * GROUP;
     let nr = (rows - r0).min(GROUP);
     for (c, tc) in t.iter().enumerate().take(nc) {
-        for (rr, &v) in tc.iter().enumerate().take(nr) {
-            res[c * rows + r0 + rr] += v;
+        let dst = &mut res[c * rows + r0..][..nr];
+        if nr == GROUP {
+            // A whole group: 8 adds of a fixed count, which the compiler makes one vector add
+            // (the loop of a variable count was ~5% of a prompt's GEMM time).
+            let dst: &mut [f32; GROUP] = dst.try_into().expect("nr == GROUP");
+            for (d, &v) in dst.iter_mut().zip(tc) {
+                *d += v;
+            }
+        } else {
+            for (d, &v) in dst.iter_mut().zip(tc) {
+                *d += v;
+            }
         }
     }
 }
