@@ -288,15 +288,11 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             .with_context(|| format!("task {}", t.name()))?;
         bar.finish_and_clear();
         if let Some(m) = r.score() {
+            // Corpus-level metrics (perplexity, bits per byte) have no stderr, as in lm-eval.
+            let stderr = m.stderr.map(|e| format!(" ± {e:.4}")).unwrap_or_default();
             eprintln!(
-                "[qwen2] {}: {} = {:.4} ± {:.4} (n = {}, {}-shot, {:.0}s)",
-                r.task,
-                r.primary,
-                m.value,
-                m.stderr.unwrap_or(f64::NAN),
-                r.n,
-                r.shots,
-                r.seconds
+                "[qwen2] {}: {} = {:.4}{stderr} (n = {}, {}-shot, {:.0}s)",
+                r.task, r.primary, m.value, r.n, r.shots, r.seconds
             );
         }
         results.push(r);
