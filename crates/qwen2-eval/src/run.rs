@@ -528,6 +528,20 @@ impl Runner<'_> {
                 .zip(&item.choice_chars)
                 .map(|(l, &c)| l / c.max(1) as f64)
                 .collect();
+            if let [g] = greedy[..] {
+                // One continuation (LAMBADA): no choice to pick; its accuracy is lm-eval's,
+                // whether greedy decoding produces it.
+                recs.push(json!({
+                    "id": item.id,
+                    "prompt_sha256": sha,
+                    "loglik": lls,
+                    "n_tokens": ntok,
+                    "cont_bytes": bytes,
+                    "is_greedy": greedy,
+                    "acc": f64::from(u8::from(g)),
+                }));
+                continue;
+            }
             let pred = argmax(&lls);
             let pred_norm = argmax(&normed);
             recs.push(json!({

@@ -178,6 +178,19 @@ fn run_writes_records_and_resumes() {
         out_dir: &out,
     };
     assert!(r2.run(Task::ArcChallenge, &mut |_, _| {}).is_err());
+    // LAMBADA: one continuation per item, so a record's accuracy is whether greedy decoding
+    // produces it (lm-eval's acc), and it names no predicted choice.
+    let lam = runner.run(Task::Lambada, &mut |_, _| {}).unwrap();
+    let lines = std::fs::read_to_string(out.join("lambada.samples.jsonl")).unwrap();
+    let mut greedy = 0.0;
+    for line in lines.lines() {
+        let rec: serde_json::Value = serde_json::from_str(line).unwrap();
+        let g = f64::from(u8::from(rec["is_greedy"][0].as_bool().unwrap()));
+        assert_eq!(rec["acc"].as_f64(), Some(g), "{rec}");
+        assert!(rec.get("pred").is_none() && rec.get("acc_norm").is_none(), "{rec}");
+        greedy += g;
+    }
+    assert_eq!(lam.metrics["acc"].value, greedy / 3.0);
     let _ = std::fs::remove_dir_all(&out);
 }
 
