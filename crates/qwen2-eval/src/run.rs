@@ -528,35 +528,32 @@ impl Runner<'_> {
                 .zip(&item.choice_chars)
                 .map(|(l, &c)| l / c.max(1) as f64)
                 .collect();
-            if let [g] = greedy[..] {
-                // One continuation (LAMBADA): no choice to pick; its accuracy is lm-eval's,
-                // whether greedy decoding produces it.
-                recs.push(json!({
-                    "id": item.id,
-                    "prompt_sha256": sha,
-                    "loglik": lls,
-                    "n_tokens": ntok,
-                    "cont_bytes": bytes,
-                    "is_greedy": greedy,
-                    "acc": f64::from(u8::from(g)),
-                }));
-                continue;
-            }
-            let pred = argmax(&lls);
-            let pred_norm = argmax(&normed);
-            recs.push(json!({
+            let mut rec = json!({
                 "id": item.id,
                 "prompt_sha256": sha,
                 "loglik": lls,
                 "n_tokens": ntok,
                 "cont_bytes": bytes,
                 "is_greedy": greedy,
-                "gold": item.gold,
-                "pred": pred,
-                "pred_norm": pred_norm,
-                "acc": f64::from(u8::from(pred == item.gold)),
-                "acc_norm": f64::from(u8::from(pred_norm == item.gold)),
-            }));
+            });
+            let fields = if let [g] = greedy[..] {
+                // One continuation (LAMBADA): no choice to pick; its accuracy is lm-eval's,
+                // whether greedy decoding produces it.
+                json!({ "acc": f64::from(u8::from(g)) })
+            } else {
+                let (pred, pred_norm) = (argmax(&lls), argmax(&normed));
+                json!({
+                    "gold": item.gold,
+                    "pred": pred,
+                    "pred_norm": pred_norm,
+                    "acc": f64::from(u8::from(pred == item.gold)),
+                    "acc_norm": f64::from(u8::from(pred_norm == item.gold)),
+                })
+            };
+            if let (Some(r), Json::Object(f)) = (rec.as_object_mut(), fields) {
+                r.extend(f);
+            }
+            recs.push(rec);
         }
         Ok(recs)
     }

@@ -187,7 +187,10 @@ fn run_writes_records_and_resumes() {
         let rec: serde_json::Value = serde_json::from_str(line).unwrap();
         let g = f64::from(u8::from(rec["is_greedy"][0].as_bool().unwrap()));
         assert_eq!(rec["acc"].as_f64(), Some(g), "{rec}");
-        assert!(rec.get("pred").is_none() && rec.get("acc_norm").is_none(), "{rec}");
+        assert!(
+            rec.get("pred").is_none() && rec.get("acc_norm").is_none(),
+            "{rec}"
+        );
         greedy += g;
     }
     assert_eq!(lam.metrics["acc"].value, greedy / 3.0);
