@@ -1,6 +1,7 @@
 //! Tiny random Qwen2 checkpoints made by transformers (scripts/fixtures/models.py): our logits
 //! must match transformers' to 1e-4 in f32, cached decoding must match uncached, and greedy
-//! continuations must be identical.
+//! continuations must be identical. (BF16 weights on a CPU with AVX-512 BF16 round activations
+//! to bf16 on the fast path: a stated looser budget, see `bf16_weights`.)
 
 mod common;
 use common::*;
@@ -10,6 +11,11 @@ use qwen2_core::{Logits, Precision};
 const TOL: f32 = 1e-4;
 
 fn check_dir(name: &str, precision: Precision) {
+    check_dir_tol(name, precision, TOL)
+}
+
+/// As [`check_dir`], the logits held to `tol` instead of 1e-4.
+fn check_dir_tol(name: &str, precision: Precision, tol: f32) {
     let dir = fixture(&format!("tiny/{name}"));
     let lm = qwen2_core::load(&dir, precision).unwrap_or_else(|e| panic!("{name}: {e}"));
     let golden = read_json(&dir.join("golden.json"));
@@ -21,15 +27,20 @@ fn check_dir(name: &str, precision: Precision) {
     let mut cache = lm.model.new_cache_with(64, KvDtype::F32);
     let got = lm.model.forward(&input, &mut cache, Logits::All).unwrap();
     let d = max_abs_diff(&got, &want);
-    assert!(d <= TOL, "{name} {precision:?}: max |Δlogit| = {d} > {TOL}");
+    eprintln!(
+        "{name} {precision:?}: max |Δlogit| = {d} (max |logit| {:.2})",
+        max_abs(&want)
+    );
+    assert!(d <= tol, "{name} {precision:?}: max |Δlogit| = {d} > {tol}");
 
     // The default cache (f16 for the fast path) only adds f16 rounding of K and V.
     let mut cache = lm.model.new_cache(64);
     let got = lm.model.forward(&input, &mut cache, Logits::All).unwrap();
     let d = max_abs_diff(&got, &want);
+    let bound = tol.max(1e-2);
     assert!(
-        d <= 1e-2,
-        "{name} {precision:?} default KV: max |Δlogit| = {d} > 1e-2"
+        d <= bound,
+        "{name} {precision:?} default KV: max |Δlogit| = {d} > {bound}"
     );
 
     // Cached decoding, one token at a time, gives the same logits (HF checks 1e-3; we hold 1e-4).
@@ -38,7 +49,7 @@ fn check_dir(name: &str, precision: Precision) {
     for (t, &id) in input.iter().enumerate() {
         let step = lm.model.forward(&[id], &mut cache, Logits::Last).unwrap();
         let d = max_abs_diff(&step, &want[t * vocab..(t + 1) * vocab]);
-        assert!(d <= TOL, "{name}: cached step {t}: max |Δ| = {d}");
+        assert!(d <= tol, "{name}: cached step {t}: max |Δ| = {d}");
     }
 
     let want_greedy = ids(&golden["greedy"]);
@@ -65,10 +76,19 @@ fn sharded_safetensors() {
     check_dir("sharded", Precision::Exact);
 }
 
+/// On AVX-512 BF16 the fast path rounds activations to bf16 (relative 2^-9) before each
+/// matmul (`qwen2_kernels::bf16`): budget 5e-2 on these logits (|logit| ≤ 3), as the q8_0 KV
+/// cache's on the same fixtures (measured 0.014 on Zen 4). The real checkpoint's bar (KL, top-1)
+/// is in bf16_checkpoint.rs.
 #[test]
 fn bf16_weights() {
     check_dir("bf16", Precision::Exact);
-    check_dir("bf16", Precision::Fast);
+    let tol = if qwen2_core::qwen2_kernels::bf16() {
+        5e-2
+    } else {
+        TOL
+    };
+    check_dir_tol("bf16", Precision::Fast, tol);
 }
 
 #[test]

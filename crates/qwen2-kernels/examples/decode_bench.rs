@@ -7,6 +7,9 @@
 //! pool (kernel cost, least sensitive to other load) and on the global pool (wall clock).
 //! Prints `old/new` ratios: > 1 means the decode path is faster.
 //!
+//! `-- b8`: the decode tiles against the prompt GEMM on the same matrix (Q8_0 LM head slice,
+//! Q5_0R8, Q4KR), 1 thread, batches 1-16, in GMAC/s.
+//!
 //! `-- repack`: the Q5_0 decode tiles on ggml's layout (old) vs the same rows repacked to
 //! Q5_0R8 at load (new), same shapes and batches. `-- repack_q4k`: Q4_K vs Q4KR alike, on the
 //! 0.5B's down, the 1.5B's gate/up and the 7B shape's gate/up.
@@ -95,6 +98,9 @@ fn main() {
                 ("q4_k 7B up 18944x3584", 18944, 3584),
             ],
         );
+    }
+    if filter == "b8" {
+        return decode_vs_prompt(&one);
     }
     for (name, ty, rows, cols) in shapes {
         if !filter.is_empty() && !name.contains(&filter) {
@@ -212,6 +218,50 @@ fn repack_ab(one: &rayon::ThreadPool, ty: GgmlType, shapes: &[(&str, usize, usiz
                 old2 * 1e6,
                 new2 * 1e6,
                 old2 / new2
+            );
+        }
+    }
+}
+
+/// Decode tiles against the prompt GEMM on the same matrix, 1 thread, cache-hot, batches 1-16.
+fn decode_vs_prompt(one: &rayon::ThreadPool) {
+    for (name, ty, rows, cols) in [
+        ("q8_0 lm_head/8 18992x896", GgmlType::Q8_0, 18992, 896),
+        ("q5_0r8 gate/up 4864x896", GgmlType::Q5_0, 4864, 896),
+        ("q4kr down 896x4864", GgmlType::Q4K, 896, 4864),
+    ] {
+        let mut data = matrix(ty, rows, cols);
+        let mut ty = ty;
+        if let Some(to) = qwen2_kernels::repacked_type(ty) {
+            let rb = ty.row_bytes(cols).expect("row bytes");
+            let mut p = vec![0u8; data.len()];
+            for (s, d) in data.chunks(rb).zip(p.chunks_mut(rb)) {
+                repack_row(ty, cols, s, d).expect("repack");
+            }
+            data = p;
+            ty = to;
+        }
+        let w = QMatRef::new(ty, rows, cols, &data).expect("shape");
+        for batch in [1, 4, 8, 16] {
+            let x: Vec<f32> = (0..batch * cols)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            let mut out = vec![0f32; batch * rows];
+            let (mut d, mut p) = (f64::MAX, f64::MAX);
+            for _ in 0..5 {
+                one.install(|| {
+                    d = d.min(best_of(20, || {
+                        matmul_decode(&w, &x, batch, &mut out).expect("d")
+                    }));
+                    p = p.min(best_of(20, || {
+                        matmul_prompt(&w, &x, batch, &mut out).expect("p")
+                    }));
+                });
+            }
+            let gmac = (rows * cols * batch) as f64 * 1e-9;
+            println!(
+                "{name:26} b{batch:<2}: decode {:8.1} us ({:5.1} GMAC/s) | prompt {:8.1} us ({:5.1} GMAC/s)",
+                d * 1e6, gmac / d, p * 1e6, gmac / p
             );
         }
     }

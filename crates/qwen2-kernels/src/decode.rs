@@ -108,9 +108,14 @@ pub(crate) fn decode_rows_many(
     outs: &mut [&mut [f32]],
 ) {
     let ty = ws[0].ty;
-    let kernel = match dot_tile_fn(isa, ty) {
-        Some(t) => Kernel::Tile(t),
-        None => Kernel::Dot(vec_dot_fn(isa, ty)),
+    // BF16 rows on AVX-512 BF16: activations rounded to bf16, `bf16dot`'s arithmetic.
+    let kernel = if crate::bf16dot::applies(isa, ty, ws[0].cols) {
+        Kernel::Tile(crate::bf16dot::decode_tile)
+    } else {
+        match dot_tile_fn(isa, ty) {
+            Some(t) => Kernel::Tile(t),
+            None => Kernel::Dot(vec_dot_fn(isa, ty)),
+        }
     };
     // Reuse this thread's buffers; if they are already borrowed (a nested matmul on a rayon
     // worker that stole work while waiting), fall back to fresh allocations.
@@ -135,6 +140,9 @@ pub(crate) fn decode_rows_many(
 
 /// One activation row into `vdt` blocks: `scalar::quantize`, or its bitwise AVX2 twin.
 fn quantize_act(isa: Isa, vdt: GgmlType, x: &[f32], out: &mut [u8]) {
+    if vdt == GgmlType::BF16 {
+        return crate::bf16dot::round_row(x, out);
+    }
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2 {
         match vdt {
@@ -168,7 +176,11 @@ fn run(
         ws.iter().all(|w| w.ty == ty && w.cols == cols),
         "decode_rows_many: one type and width"
     );
-    let vdt = ty.vec_dot_type();
+    let vdt = if crate::bf16dot::applies(isa, ty, cols) {
+        GgmlType::BF16
+    } else {
+        ty.vec_dot_type()
+    };
     let arb = vdt.row_bytes(cols).unwrap_or(0);
     qbuf.resize(arb * batch, 0);
     // Each activation row is quantized on its own, so its bytes never depend on the batch.

@@ -8,6 +8,7 @@
 //! On AVX2, Q4_K, Q6_K and Q5_0 (also repacked) take the integer GEMM of `crate::qgemm`
 //! instead: 8-bit activations, `vpmaddubsw` tiles on unpacked panels, ~1.3-1.5x the f32 panel
 //! rate on these formats (llama.cpp's prompt path quantizes activations the same way).
+//! BF16 weights on AVX-512 BF16 take `crate::bf16dot` (bf16 activations, `vdpbf16ps`).
 //!
 //! Batch invariance (issue 5): each output has its own 8-lane accumulator, reduced by a
 //! horizontal sum that never mixes accumulators, then the scalar k-tail, per k-block of a
@@ -88,6 +89,10 @@ fn scalar_dequant(ty: GgmlType) -> DequantFn {
 pub(crate) fn panel_matmul(isa: Isa, w: &QMatRef, x: &[f32], batch: usize, out: &mut [f32]) {
     if crate::qgemm::supports(isa, w.ty) {
         crate::qgemm::matmul(isa, w, x, batch, out);
+        return;
+    }
+    if crate::bf16dot::applies(isa, w.ty, w.cols) {
+        crate::bf16dot::matmul(w, x, batch, out);
         return;
     }
     let (rows, cols) = (w.rows, w.cols);

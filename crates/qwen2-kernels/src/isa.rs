@@ -132,18 +132,62 @@ pub fn vnni_available() -> bool {
     }
 }
 
+/// Whether BF16 weights take `vdpbf16ps` (AVX-512 BF16: Zen 4, Cooper Lake, Sapphire Rapids)
+/// with activations rounded to bf16, instead of f32 FMAs on widened weights (`crate::bf16dot`;
+/// other rounding, as llama.cpp's and transformers' bf16 paths). `QWEN2_NO_BF16=1` turns it
+/// off (A/B benchmarks), as does `QWEN2_ISA=scalar`; decided once.
+pub fn bf16() -> bool {
+    static BF16: OnceLock<bool> = OnceLock::new();
+    *BF16.get_or_init(|| {
+        let off = std::env::var_os("QWEN2_NO_BF16").is_some_and(|v| v == "1");
+        !off && bf16_available() && detected_isa() >= Isa::Avx2
+    })
+}
+
+/// Whether the CPU has 256-bit AVX-512 BF16 (ignores `QWEN2_NO_BF16`).
+pub fn bf16_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        Isa::Avx2.is_available()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Which SIMD path runtime dispatch picked, for logging: `+vnni` where the AVX2 kernels take
-/// their VNNI forms ([`vnni`]).
+/// their VNNI forms ([`vnni`]), `+bf16` where BF16 weights take `vdpbf16ps` ([`bf16`]).
 pub fn isa_name() -> &'static str {
-    match detected_isa() {
-        Isa::Avx2 if vnni() => "avx2+vnni",
-        isa => isa.name(),
+    match (detected_isa(), vnni(), bf16()) {
+        (Isa::Avx2, true, true) => "avx2+vnni+bf16",
+        (Isa::Avx2, true, false) => "avx2+vnni",
+        (Isa::Avx2, false, true) => "avx2+bf16",
+        (isa, _, _) => isa.name(),
     }
 }
 
 /// The `vec_dot` kernel for weight type `ty` on `isa`. `isa` must be available (callers check);
 /// formats without a SIMD kernel at that level fall back to the next lower level.
 pub(crate) fn vec_dot_fn(isa: Isa, ty: GgmlType) -> VecDotFn {
+    // BF16 rows of a multiple of 16 values (`bf16dot`); others keep the f32 kernel.
+    if ty == GgmlType::BF16 && isa >= Isa::Avx2 && bf16() {
+        return |n, w, a| {
+            if n.is_multiple_of(crate::bf16dot::STEP) {
+                crate::bf16dot::vec_dot(n, w, a)
+            } else {
+                f32_vec_dot_fn(Isa::Avx2, GgmlType::BF16)(n, w, a)
+            }
+        };
+    }
+    f32_vec_dot_fn(isa, ty)
+}
+
+/// [`vec_dot_fn`] without the BF16 path.
+fn f32_vec_dot_fn(isa: Isa, ty: GgmlType) -> VecDotFn {
     #[cfg(target_arch = "x86_64")]
     {
         if isa >= Isa::Avx512 {

@@ -14,11 +14,13 @@
 //! - `gemm`: prefill GEMM over dequantized f32 panels with a register-tile microkernel.
 //! - `qgemm`: prefill GEMM for Q4_K / Q6_K in int8 (Q8_K activations) on unpacked panels.
 //! - `activation`: SwiGLU's `silu(gate) * up` (scalar libm twin, AVX2 vector exp).
+//! - `bf16dot`: BF16 weights on AVX-512 BF16 (`vdpbf16ps`, bf16-rounded activations).
 //! - `repack`: load-time repacking of Q5_0 rows into the decode-friendly `Q5_0R8` layout;
 //!   `repack_q4k`: of Q4_K super-blocks into `Q4KR` (lane-major nibbles).
 
 mod activation;
 mod attention;
+mod bf16dot;
 mod decode;
 mod error;
 mod gemm;
@@ -38,7 +40,9 @@ pub use attention::{attention, attention_with_isa, AttnShape, KvData, KEY_BLOCK}
 #[doc(hidden)]
 pub use attention::{attention_scheduled, Schedule};
 pub use error::KernelError;
-pub use isa::{available_isas, detected_isa, isa_name, vnni, vnni_available, Isa};
+pub use isa::{
+    available_isas, bf16, bf16_available, detected_isa, isa_name, vnni, vnni_available, Isa,
+};
 pub use matmul::{
     matmul, matmul_decode, matmul_decode_many, matmul_decode_many_with_isa, matmul_decode_with_isa,
     matmul_prompt, matmul_prompt_with_isa, matmul_reference, matmul_vec_dot_with_isa,

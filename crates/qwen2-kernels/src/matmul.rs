@@ -115,8 +115,8 @@ pub fn matmul_with_isa(
 }
 
 /// `out = W · x` for PROMPT rows: always the prefill GEMM (dequantized f32 panels with f32
-/// activations, or for Q4_K / Q6_K / Q5_0 on AVX2 the int8 GEMM of `qgemm`), for any number
-/// of rows, 1 included. Each output row is bitwise the same
+/// activations, or for Q4_K / Q6_K / Q5_0 on AVX2 the int8 GEMM of `qgemm`, or for BF16 on
+/// AVX-512 BF16 the `vdpbf16ps` tiles of `bf16dot`), for any number of rows, 1 included. Each output row is bitwise the same
 /// whatever the batch size, the row's position in it and the thread count, so a prompt's
 /// numerics never depend on its batch mates or on how it was chunked (issue 5).
 pub fn matmul_prompt(

@@ -302,7 +302,7 @@ pub(crate) fn can_quantize(ty: GgmlType) -> bool {
 
 /// ggml `GGML_FP32_TO_BF16`: quiet NaNs, round to nearest even.
 #[inline(always)]
-fn f32_to_bf16_bits(v: f32) -> u16 {
+pub(crate) fn f32_to_bf16_bits(v: f32) -> u16 {
     let u = v.to_bits();
     if (u & 0x7fff_ffff) > 0x7f80_0000 {
         return ((u >> 16) | 64) as u16;

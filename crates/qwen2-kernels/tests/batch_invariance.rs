@@ -77,6 +77,9 @@ const SHAPES: &[(GgmlType, usize, usize)] = &[
     (GgmlType::Q6K, 17, 512),
     (GgmlType::F32, 10, 70),
     (GgmlType::F16, 7, 1601),
+    // BF16: `vdpbf16ps` where the CPU has AVX-512 BF16 (896), the f32 path (67).
+    (GgmlType::BF16, 9, 896),
+    (GgmlType::BF16, 6, 67),
     (GgmlType::Q4_0, 5, 64),
 ];
 

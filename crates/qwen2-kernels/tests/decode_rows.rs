@@ -17,8 +17,10 @@ use qwen2_kernels::{
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-/// The default model's decode types first, then ones served by the per-pair fallback.
-const TYPES: [GgmlType; 7] = [
+/// The default model's decode types first, then ones served by the per-pair fallback, and BF16
+/// (safetensors checkpoints; `vdpbf16ps` where the CPU has AVX-512 BF16, for widths of a
+/// multiple of 16).
+const TYPES: [GgmlType; 8] = [
     GgmlType::Q5_0,
     GgmlType::Q8_0,
     GgmlType::Q4K,
@@ -26,7 +28,14 @@ const TYPES: [GgmlType; 7] = [
     GgmlType::Q4_0,
     GgmlType::F16,
     GgmlType::Q5K,
+    GgmlType::BF16,
 ];
+
+/// Whether `ty` rows of `cols` values round their activations to bf16 on `isa`
+/// (`qwen2_kernels::bf16`).
+fn bf16_acts(isa: Isa, ty: GgmlType, cols: usize) -> bool {
+    ty == GgmlType::BF16 && isa >= Isa::Avx2 && qwen2_kernels::bf16() && cols.is_multiple_of(16)
+}
 
 fn weights(rng: &mut StdRng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
     let rb = ty.row_bytes(cols).unwrap();
@@ -149,19 +158,28 @@ fn decode_rows_simd_match_scalar_twin_and_reference() {
             let scalar = decode(Isa::Scalar, &w, &x, batch);
             for isa in available_isas() {
                 let got = decode(isa, &w, &x, batch);
+                let bf16 = bf16_acts(isa, ty, cols);
                 for b in 0..batch {
                     let xb = &x[b * cols..(b + 1) * cols];
                     for (r, wr) in wd.iter().enumerate() {
-                        let (mut qerr, mut s, mut sq) = (0.0f64, 0.0f64, 0.0f64);
+                        let (mut qerr, mut s, mut sq, mut bf) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
                         for ((&wk, &xk), &qk) in wr.iter().zip(xb).zip(&xq[b]) {
                             let wk = wk as f64;
+                            // The bf16 path's activations: x rounded to bf16, not `vdt`'s.
+                            let qk = if bf16 {
+                                let q = half::bf16::from_f32(xk).to_f32();
+                                bf += (wk * (qk - q) as f64).abs();
+                                q
+                            } else {
+                                qk
+                            };
                             qerr += (wk * (xk - qk) as f64).abs();
                             s += (wk * xk as f64).abs();
                             sq += (wk * qk as f64).abs();
                         }
                         let i = b * rows + r;
                         let (g, sc, e) = (got[i] as f64, scalar[i] as f64, reference[i] as f64);
-                        let tol_twin = 2e-5 * sq + 1e-6;
+                        let tol_twin = 2e-5 * sq + 1e-6 + bf;
                         assert!(
                             (g - sc).abs() <= tol_twin,
                             "{ty} {isa:?} cols={cols} [b={b}, r={r}]: {g} vs scalar {sc} (tol {tol_twin})"
@@ -192,6 +210,7 @@ fn decode_many_is_bitwise_the_separate_calls() {
         GgmlType::Q4K,
         GgmlType::Q6K,
         GgmlType::F16,
+        GgmlType::BF16,
     ]);
     for ty in types {
         let src_ty = match ty {
@@ -285,4 +304,30 @@ fn decode_many_is_bitwise_the_separate_calls() {
     let err =
         qwen2_kernels::matmul_decode_many_with_isa(isa, &ws, &x, 2, &mut [&mut a, &mut short]);
     assert!(err.is_err(), "a short output must be refused");
+}
+
+/// Where BF16 rows take `vdpbf16ps` (`qwen2_kernels::bf16`) they have one arithmetic for every
+/// role: prompt rows (the GEMM tiles) and decode rows (the decode tiles) give the same bits.
+#[test]
+fn bf16_prompt_and_decode_rows_agree_bitwise() {
+    if !qwen2_kernels::bf16() {
+        eprintln!("skipped: BF16 rows take the f32 paths on this CPU");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(53);
+    for (rows, cols, batch) in [(301, 896, 9), (40, 4864, 3), (7, 16, 1)] {
+        let data = weights(&mut rng, GgmlType::BF16, rows, cols);
+        let w = QMatRef::new(GgmlType::BF16, rows, cols, &data).unwrap();
+        let x = randn(&mut rng, batch * cols, 0.7);
+        let mut prompt = vec![f32::NAN; batch * rows];
+        qwen2_kernels::matmul_prompt_with_isa(Isa::Avx2, &w, &x, batch, &mut prompt).unwrap();
+        let dec = decode(Isa::Avx2, &w, &x, batch);
+        for (i, (p, d)) in prompt.iter().zip(&dec).enumerate() {
+            assert_eq!(
+                p.to_bits(),
+                d.to_bits(),
+                "{rows}x{cols} batch {batch}, output {i}"
+            );
+        }
+    }
 }

@@ -114,6 +114,16 @@ fn scalar_vec_dot_matches_dequantized_dot() {
     }
 }
 
+/// The error of rounding activations to bf16 (relative 2^-9 each) for a dot product of
+/// magnitude `s`, where BF16 weights take `vdpbf16ps` on `isa` (`qwen2_kernels::bf16`), else 0.
+fn bf16_act_budget(isa: Isa, ty: GgmlType, n: usize, s: f64) -> f64 {
+    if ty == GgmlType::BF16 && isa >= Isa::Avx2 && qwen2_kernels::bf16() && n.is_multiple_of(16) {
+        s / 512.0
+    } else {
+        0.0
+    }
+}
+
 #[test]
 fn simd_vec_dot_matches_scalar_twin_on_every_isa() {
     let isas = available_isas();
@@ -134,7 +144,7 @@ fn simd_vec_dot_matches_scalar_twin_on_every_isa() {
             let want = vec_dot_with_isa(Isa::Scalar, ty, n, &w, &a).unwrap() as f64;
             for &isa in &isas {
                 let got = vec_dot_with_isa(isa, ty, n, &w, &a).unwrap() as f64;
-                let tol = 2e-5 * s + 1e-6;
+                let tol = 2e-5 * s + 1e-6 + bf16_act_budget(isa, ty, n, s);
                 assert!(
                     (got - want).abs() <= tol,
                     "{ty} n={n} {isa:?}: {got} vs scalar {want} (tol {tol})"
@@ -142,7 +152,8 @@ fn simd_vec_dot_matches_scalar_twin_on_every_isa() {
             }
             // The default dispatch agrees too.
             let got = vec_dot(ty, n, &w, &a).unwrap() as f64;
-            assert!((got - want).abs() <= 2e-5 * s + 1e-6);
+            let tol = 2e-5 * s + 1e-6 + bf16_act_budget(qwen2_kernels::detected_isa(), ty, n, s);
+            assert!((got - want).abs() <= tol);
         }
     }
 }
@@ -194,12 +205,19 @@ fn check_product(
     for isa in available_isas() {
         let mut got = vec![f32::NAN; batch * rows];
         mm(isa, &w, &x, batch, &mut got).unwrap();
+        // BF16 weights on AVX-512 BF16 round the activations to bf16 (qwen2_kernels::bf16).
+        let bf16_act = bf16_act_budget(isa, ty, cols, 1.0) > 0.0;
         for b in 0..batch {
             let xb = &x[b * cols..(b + 1) * cols];
             for r in 0..rows {
                 let (mut qerr, mut s) = (0.0f64, 0.0f64);
                 for k in 0..cols {
-                    qerr += (wd[r][k] as f64 * (xb[k] - xq[b][k]) as f64).abs();
+                    let xk = if bf16_act {
+                        half::bf16::from_f32(xb[k]).to_f32()
+                    } else {
+                        xq[b][k]
+                    };
+                    qerr += (wd[r][k] as f64 * (xb[k] - xk) as f64).abs();
                     s += (wd[r][k] as f64 * xb[k] as f64).abs();
                 }
                 let tol = qerr + 2e-5 * s + 1e-5;
@@ -432,14 +450,21 @@ fn errors_not_panics() {
 fn isa_name_is_reported() {
     let name = qwen2_kernels::isa_name();
     assert!(
-        ["scalar", "avx2", "avx2+vnni", "avx512vnni"].contains(&name),
+        [
+            "scalar",
+            "avx2",
+            "avx2+vnni",
+            "avx2+bf16",
+            "avx2+vnni+bf16",
+            "avx512vnni"
+        ]
+        .contains(&name),
         "{name}"
     );
-    // The VNNI forms are named where they run.
-    assert_eq!(
-        name == "avx2+vnni",
-        qwen2_kernels::detected_isa() == Isa::Avx2 && qwen2_kernels::vnni()
-    );
+    // The VNNI and BF16 forms are named where they run.
+    let avx2 = qwen2_kernels::detected_isa() == Isa::Avx2;
+    assert_eq!(name.contains("+vnni"), avx2 && qwen2_kernels::vnni());
+    assert_eq!(name.contains("+bf16"), avx2 && qwen2_kernels::bf16());
 }
 
 #[test]

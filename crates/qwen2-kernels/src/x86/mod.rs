@@ -25,4 +25,5 @@ pub(crate) mod avx2_decode;
 pub(crate) mod avx2_gemm;
 pub(crate) mod avx2_qgemm;
 pub(crate) mod avx512;
+pub(crate) mod avx512_bf16;
 pub(crate) mod vnni_qgemm;
