@@ -141,7 +141,7 @@ pub(crate) fn decode_tile(n: usize, w: &[u8], rb: usize, acts: &ActRows, out: &m
 }
 
 /// `out[r * xs.len() + c] = dot(w row r, xs[c])` for the `w.len() / (2 n)` rows in `w` (`xs`:
-/// little-endian bf16 rows), up to 4 activation rows, `rows_per` (1 or 2) weight rows side by
+/// little-endian bf16 rows), up to 4 activation rows, `rows_per` (1 to 4) weight rows side by
 /// side.
 fn dots(n: usize, w: &[u8], xs: &[&[u8]], rows_per: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -207,9 +207,9 @@ fn run(w: &QMatRef, x: &[f32], batch: usize, out: &mut [f32], xb: &mut Vec<u8>) 
             let xs: [&[u8]; TC] =
                 std::array::from_fn(|i| &xb[2 * (c0 + i).min(c1 - 1) * cols..][..2 * cols]);
             let xs = &xs[..nc];
-            // Two weight rows side by side: the tile's accumulators are what the registers
-            // hold, and the chunk's rows are in L2 after the first activation tile.
-            dots(cols, wc, xs, 2, &mut tile[..nr * nc]);
+            // Four weight rows by four activation rows: 16 accumulators and the 8 operands of a
+            // step fit the 32 registers; the chunk's rows are in L2 after the first tile.
+            dots(cols, wc, xs, 4, &mut tile[..nr * nc]);
             for (r, tr) in tile[..nr * nc].chunks_exact(nc).enumerate() {
                 for (c, &v) in tr.iter().enumerate() {
                     // SAFETY: c0 + c < batch and r0 + r < rows, so the index is inside `out`
@@ -309,7 +309,7 @@ mod tests {
                         })
                         .collect();
                     let xs: Vec<&[u8]> = xv.iter().map(|v| &v[..]).collect();
-                    for rows_per in [1, 2] {
+                    for rows_per in 1..=4 {
                         let mut got = vec![0.0f32; nr * nc];
                         dots(n, &w, &xs, rows_per, &mut got);
                         for r in 0..nr {

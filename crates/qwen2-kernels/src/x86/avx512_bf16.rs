@@ -44,13 +44,13 @@ unsafe fn round_kernel(x: *const f32, out: *mut u8, n8: usize) {
 }
 
 /// `out[r * xs.len() + c]` = the dot of weight row `r` (`w`: rows of `n` little-endian bf16)
-/// and `xs[c]` (likewise), for up to 4 activation rows; `rows_per` (1 or 2) weight rows side
-/// by side.
+/// and `xs[c]` (likewise), for up to 4 activation rows; `rows_per` (1 to 4) weight rows side by
+/// side.
 pub(crate) fn dots(n: usize, w: &[u8], xs: &[&[u8]], rows_per: usize, out: &mut [f32]) {
     let nc = xs.len();
     let rb = 2 * n;
     assert!(n.is_multiple_of(STEP) && n > 0 && (1..=4).contains(&nc));
-    assert!(matches!(rows_per, 1 | 2));
+    assert!((1..=4).contains(&rows_per));
     assert!(w.len().is_multiple_of(rb) && xs.iter().all(|x| x.len() >= rb));
     let nr = w.len() / rb;
     assert_eq!(out.len(), nr * nc, "dots output");
@@ -73,22 +73,31 @@ pub(crate) fn dots(n: usize, w: &[u8], xs: &[&[u8]], rows_per: usize, out: &mut 
                 }
             }};
         }
-        match (m, nc) {
-            (2, 1) => go!(2, 1),
-            (1, 1) => go!(1, 1),
-            (2, 2) => go!(2, 2),
-            (2, 3) => go!(2, 3),
-            (2, 4) => go!(2, 4),
-            (_, 2) => go!(1, 2),
-            (_, 3) => go!(1, 3),
-            _ => go!(1, 4),
+        macro_rules! by_cols {
+            ($R:literal) => {
+                match nc {
+                    1 => go!($R, 1),
+                    2 => go!($R, 2),
+                    3 => go!($R, 3),
+                    _ => go!($R, 4),
+                }
+            };
+        }
+        match m {
+            1 => by_cols!(1),
+            2 => by_cols!(2),
+            3 => by_cols!(3),
+            _ => by_cols!(4),
         }
         r += m;
     }
 }
 
-/// `R` weight rows by `C` activation rows over `steps` steps of 16 values: per pair two
-/// 8-lane chains (even and odd steps), added lane-wise, then summed as `bf16dot::hsum8`.
+/// `R` weight rows by `C` activation rows over `steps` steps of 16 values. A pair's two 8-lane
+/// chains (even and odd steps) are the two 256-bit halves of one 512-bit accumulator: a 512-bit
+/// `vdpbf16ps` on 32 consecutive values is step `2k` in the low half and `2k + 1` in the high
+/// half, lane for lane the 256-bit instructions on the two chains, in half the instructions.
+/// An odd last step goes to the low half alone. Then low + high, summed as `bf16dot::hsum8`.
 ///
 /// SAFETY (caller): avx2 + AVX-512 F/VL/BF16 available; `16 * steps` values at every pointer.
 #[inline]
@@ -98,40 +107,40 @@ unsafe fn tile<const R: usize, const C: usize>(
     w: [*const u8; R],
     x: [*const u8; C],
 ) -> [[f32; C]; R] {
-    let mut acc = [[[_mm256_setzero_ps(); 2]; C]; R];
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
     // SAFETY (all loads): value offsets below 16 * steps, per the caller's contract.
-    let ld = |p: *const u8| -> __m256bh {
-        // SAFETY: see above; 32 bytes = 16 bf16 at `p`.
-        unsafe { std::mem::transmute::<__m256i, __m256bh>(_mm256_loadu_si256(p as *const __m256i)) }
+    let ld = |p: *const u8| -> __m512bh {
+        // SAFETY: see above; 64 bytes = 32 bf16 at `p`.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p as *const _)) }
     };
-    // Step `$s` into chain `$h` (a literal, so the accumulators stay in registers).
-    macro_rules! step {
-        ($s:expr, $h:literal) => {{
-            let off = $s * STEP;
-            // SAFETY: step $s < steps.
-            let wv: [__m256bh; R] = std::array::from_fn(|r| ld(unsafe { w[r].add(2 * off) }));
-            for c in 0..C {
-                // SAFETY: step $s < steps.
-                let xv = ld(unsafe { x[c].add(2 * off) });
-                for r in 0..R {
-                    acc[r][c][$h] = _mm256_dpbf16_ps(acc[r][c][$h], wv[r], xv);
-                }
+    let pairs = steps / 2;
+    for k in 0..pairs {
+        // SAFETY: values 32 k..32 k + 32 < 16 * steps.
+        let wv: [__m512bh; R] = std::array::from_fn(|r| ld(unsafe { w[r].add(64 * k) }));
+        for c in 0..C {
+            // SAFETY: as above.
+            let xv = ld(unsafe { x[c].add(64 * k) });
+            for r in 0..R {
+                acc[r][c] = _mm512_dpbf16_ps(acc[r][c], wv[r], xv);
             }
-        }};
+        }
     }
-    let mut s = 0;
-    while s + 2 <= steps {
-        step!(s, 0);
-        step!(s + 1, 1);
-        s += 2;
-    }
-    if s < steps {
-        step!(s, 0);
-    }
+    let low = |a: __m512| _mm512_castps512_ps256(a);
+    let high = |a: __m512| _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)));
     let mut out = [[0.0f32; C]; R];
     for r in 0..R {
         for c in 0..C {
-            let v = _mm256_add_ps(acc[r][c][0], acc[r][c][1]);
+            let mut lo = low(acc[r][c]);
+            if steps % 2 == 1 {
+                let ld8 = |p: *const u8| {
+                    // SAFETY: the last step's 16 values, inside the caller's span.
+                    let v = unsafe { _mm256_loadu_si256(p.add(64 * pairs) as *const __m256i) };
+                    // SAFETY: same size, any bits are a valid bf16 vector.
+                    unsafe { std::mem::transmute::<__m256i, __m256bh>(v) }
+                };
+                lo = _mm256_dpbf16_ps(lo, ld8(w[r]), ld8(x[c]));
+            }
+            let v = _mm256_add_ps(lo, high(acc[r][c]));
             let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
             let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
             out[r][c] = _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
