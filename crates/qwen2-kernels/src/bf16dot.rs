@@ -287,7 +287,7 @@ mod tests {
             return;
         }
         let mut s = 9u64;
-        for n in [16usize, 32, 48, 896, 4864] {
+        for n in [16usize, 32, 48, 64, 80, 96, 112, 896, 4864] {
             for nr in [1usize, 2, 3, 5, 8] {
                 for nc in 1..=4 {
                     let mag = |s: &mut u64| 10f32.powi((lcg(s) % 7) as i32 - 3);
