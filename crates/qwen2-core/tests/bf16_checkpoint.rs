@@ -27,14 +27,7 @@ fn real_bf16_checkpoint_fast_path_kl_and_top1_against_exact() {
     };
     let fast = qwen2_core::load(&hf, Precision::Fast).unwrap();
     let vocab = fast.model.vocab_size();
-    let mut c = fast.model.new_cache(ids.len());
-    let prefill = fast.model.forward(&ids, &mut c, Logits::All).unwrap();
-    let n_decode = 192;
-    let mut c = fast.model.new_cache(n_decode);
-    let mut decode = Vec::with_capacity(n_decode * vocab);
-    for &t in &ids[..n_decode] {
-        decode.extend(fast.model.forward(&[t], &mut c, Logits::Last).unwrap());
-    }
+    let (prefill, decode) = prefill_and_decode_logits(&fast.model, &ids, 192);
     let path = if qwen2_core::qwen2_kernels::bf16() {
         "vdpbf16ps, bf16 activations"
     } else {

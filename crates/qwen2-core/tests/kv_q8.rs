@@ -187,15 +187,8 @@ fn real_model_q8_0_kv_kl_and_top1_against_exact() {
     let vocab = exact().model.vocab_size();
     let fast = &fast_q8().model;
     let reference = reference();
-    let mut c2 = fast.new_cache(ids.len());
-    assert_eq!(c2.dtype(), KvDtype::Q8_0);
-    let prefill = fast.forward(&ids, &mut c2, Logits::All).unwrap();
-    let n_decode = 192;
-    let mut c3 = fast.new_cache(n_decode);
-    let mut decode = Vec::with_capacity(n_decode * vocab);
-    for &t in &ids[..n_decode] {
-        decode.extend(fast.forward(&[t], &mut c3, Logits::Last).unwrap());
-    }
+    assert_eq!(fast.new_cache(ids.len()).dtype(), KvDtype::Q8_0);
+    let (prefill, decode) = prefill_and_decode_logits(fast, &ids, 192);
     // llama.cpp's own q8_0 KV cache on the same tokens against the same reference.
     let bars = read_json(&fixture("real/kv_q8_llamacpp.json"));
     // Both measured (and printed) before either is judged.

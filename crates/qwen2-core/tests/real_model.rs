@@ -149,14 +149,7 @@ fn fast_path_kl_and_top1_against_exact() {
     let vocab = exact().model.vocab_size();
     let mut c1 = exact().model.new_cache(ids.len());
     let reference = exact().model.forward(&ids, &mut c1, Logits::All).unwrap();
-    let mut c2 = fast().model.new_cache(ids.len());
-    let prefill = fast().model.forward(&ids, &mut c2, Logits::All).unwrap();
-    let n_decode = 192;
-    let mut c3 = fast().model.new_cache(n_decode);
-    let mut decode = Vec::with_capacity(n_decode * vocab);
-    for &t in &ids[..n_decode] {
-        decode.extend(fast().model.forward(&[t], &mut c3, Logits::Last).unwrap());
-    }
+    let (prefill, decode) = prefill_and_decode_logits(&fast().model, &ids, 192);
     // llama.cpp's own quantized path on the same tokens (scripts/fixtures/fast_path_llamacpp.py)
     // agrees on top-1 with the f32 reference only 96.1% of the time on this prose (many
     // near-ties in a 0.5B model), so the 98% is out of reach for any 8-bit-activation

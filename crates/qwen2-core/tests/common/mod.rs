@@ -165,6 +165,30 @@ pub fn gguf_attn_tensors(i: usize, h: usize, heads: usize, kv: usize) -> Vec<(St
     ]
 }
 
+/// The logits the fast-path KL tests judge, each from a fresh cache: every position of one
+/// prefill over `ids` (the prompt kernels), and the last position of each one-token step over
+/// `ids[..n_decode]` (the decode kernels).
+pub fn prefill_and_decode_logits(
+    model: &qwen2_core::Qwen2,
+    ids: &[u32],
+    n_decode: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut cache = model.new_cache(ids.len());
+    let prefill = model
+        .forward(ids, &mut cache, qwen2_core::Logits::All)
+        .unwrap();
+    let mut cache = model.new_cache(n_decode);
+    let mut decode = Vec::with_capacity(n_decode * model.vocab_size());
+    for &t in &ids[..n_decode] {
+        decode.extend(
+            model
+                .forward(&[t], &mut cache, qwen2_core::Logits::Last)
+                .unwrap(),
+        );
+    }
+    (prefill, decode)
+}
+
 /// Greedy decoding by ids only (no tokenizer), with the KV cache.
 pub fn greedy(model: &qwen2_core::Qwen2, prompt: &[u32], n: usize, stop: &[u32]) -> Vec<u32> {
     let mut cache = model.new_cache(prompt.len() + n + 1);
